@@ -1,0 +1,76 @@
+//! `figures`: draws every figure of the toolkit into `figures/` (PNG and SVG) and writes the
+//! index `figures/README.md`.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use fullbatch::derivative_check::{DerivativeCheckParams, check_model};
+use fullbatch::figures::derivative_check_figure;
+use fullbatch::models::ModelKind;
+use fullbatch::plot::render;
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(name = "figures", about = "Draw the toolkit's figures (PNG and SVG)")]
+struct Cli {
+    /// Output directory.
+    #[arg(long, default_value = "figures")]
+    out: PathBuf,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// One entry of the index: file stem, what it shows, how it was made.
+struct Entry {
+    stem: &'static str,
+    shows: &'static str,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let started = std::time::Instant::now();
+    let kinds = ModelKind::all();
+    let bar = ProgressBar::new(kinds.len() as u64).with_style(
+        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg}")?
+            .progress_chars("=> "),
+    );
+    bar.set_prefix("derivatives");
+    let params = DerivativeCheckParams {
+        seed: cli.seed,
+        ..DerivativeCheckParams::default()
+    };
+    let mut reports = Vec::new();
+    for kind in kinds {
+        bar.set_message(kind.name());
+        reports.push((kind.name(), check_model(kind, cli.seed, &params)?));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let entries = [Entry {
+        stem: "derivative_check",
+        shows: "finite-difference error of the gradient and HVP against the exact ones vs the difference step, per toy model (V shape: the exact derivatives are right)",
+    }];
+    let fig = derivative_check_figure(&reports);
+    for path in render(&fig, &cli.out.join(entries[0].stem))? {
+        println!("wrote {}", path.display());
+    }
+
+    let mut index = String::from(
+        "# Figures\n\nDrawn by `cargo run --release --bin figures` (or `make figures`); each as PNG and SVG.\n\n",
+    );
+    for e in &entries {
+        writeln!(index, "- `{0}.png` / `{0}.svg`: {1}.", e.stem, e.shows)?;
+    }
+    let index_path = cli.out.join("README.md");
+    let tmp = cli.out.join("README.md.tmp");
+    std::fs::write(&tmp, index).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &index_path)
+        .with_context(|| format!("writing {}", index_path.display()))?;
+    println!("wrote {}", index_path.display());
+    println!("done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,0 +1,31 @@
+//! # fullbatch
+//!
+//! Numerical checks of why stochastic gradient descent generalises, and the pieces needed to
+//! reproduce J. Geiping et al., "Stochastic Training is Not Necessary for Generalization"
+//! (ICLR 2022).
+//!
+//! - [`objective`]: problems as traits ([`Objective`], [`FiniteSum`]) with exact gradients,
+//!   Hessian-vector products and third derivatives, plus finite differences to check them.
+//! - [`models`]: toy models with exact derivatives (quadratic, least squares, logistic and
+//!   softmax regression, MLPs with smooth activations, deep linear networks).
+//! - [`data`]: seeded synthetic data and the Fashion-MNIST idx reader.
+//! - [`optim`]: GD, SGD (reshuffling, with replacement), heavy-ball and Nesterov momentum.
+//! - [`derivative_check`]: finite-difference evidence that the exact derivatives are right.
+//! - [`plot`]: figures with plotters, text from an embedded font.
+//!
+//! Precision: everything here is `f64`.
+
+pub mod data;
+pub mod derivative_check;
+mod error;
+pub mod figures;
+pub mod models;
+pub mod objective;
+pub mod optim;
+pub mod plot;
+
+pub use error::{Error, Result};
+pub use objective::{FiniteSum, Objective};
+
+/// Links the BLAS implementation (OpenBLAS, system library) that ndarray's `blas` feature uses.
+extern crate blas_src;
