@@ -94,21 +94,13 @@ fn random_unit(dim: usize, rng: &mut ChaCha8Rng) -> Array1<f64> {
 /// Least-squares slope of $\log y$ against $\log x$ over the points with $x \ge$ `min_x` and
 /// $y > 0$; NaN with fewer than two points.
 pub fn log_log_slope(x: &[f64], y: &[f64], min_x: f64) -> f64 {
-    let pts: Vec<(f64, f64)> = x
+    let (x, y): (Vec<f64>, Vec<f64>) = x
         .iter()
         .zip(y)
-        .filter(|(x, y)| **x >= min_x && **y > 0.0)
-        .map(|(x, y)| (x.ln(), y.ln()))
-        .collect();
-    if pts.len() < 2 {
-        return f64::NAN;
-    }
-    let n = pts.len() as f64;
-    let mx = pts.iter().map(|p| p.0).sum::<f64>() / n;
-    let my = pts.iter().map(|p| p.1).sum::<f64>() / n;
-    let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-    let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
-    sxy / sxx
+        .filter(|(x, _)| **x >= min_x)
+        .map(|(a, b)| (*a, *b))
+        .unzip();
+    crate::stats::log_log_fit(&x, &y).map_or(f64::NAN, |f| f.slope)
 }
 
 /// Sweeps the difference step for the gradient and the HVP of `obj` at `theta`, and checks the

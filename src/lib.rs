@@ -19,10 +19,12 @@ pub mod data;
 pub mod derivative_check;
 mod error;
 pub mod figures;
+pub mod integrate;
 pub mod models;
 pub mod objective;
 pub mod optim;
 pub mod plot;
+pub mod stats;
 
 pub use error::{Error, Result};
 pub use objective::{FiniteSum, Objective};

@@ -64,26 +64,38 @@ fn case() -> impl Strategy<Value = Case> {
         any::<u64>(),
         0.2f64..1.2,
     )
-        .prop_map(|(input_dim, hidden, classes, activation, bias, loss, n, seed, scale)| Case {
-            input_dim,
-            hidden,
-            classes,
-            activation,
-            bias,
-            loss,
-            n,
-            seed,
-            scale,
-        })
+        .prop_map(
+            |(input_dim, hidden, classes, activation, bias, loss, n, seed, scale)| Case {
+                input_dim,
+                hidden,
+                classes,
+                activation,
+                bias,
+                loss,
+                n,
+                seed,
+                scale,
+            },
+        )
 }
 
 impl Case {
     fn data(&self) -> Dataset {
-        let classes = if self.loss == OutputLoss::BinaryCrossEntropy { 2 } else { self.classes };
+        let classes = if self.loss == OutputLoss::BinaryCrossEntropy {
+            2
+        } else {
+            self.classes
+        };
         match self.loss {
-            OutputLoss::MeanSquaredError => {
-                data::teacher_student_regression(self.n, self.input_dim, 3, self.classes, 0.1, self.seed).unwrap()
-            }
+            OutputLoss::MeanSquaredError => data::teacher_student_regression(
+                self.n,
+                self.input_dim,
+                3,
+                self.classes,
+                0.1,
+                self.seed,
+            )
+            .unwrap(),
             _ => data::gaussian_mixture(self.n, self.input_dim, classes, 2.0, self.seed).unwrap(),
         }
     }
@@ -296,7 +308,10 @@ fn glm_hessian(net: &Network, theta: &Array1<f64>) -> Array2<f64> {
                 let m = a.fold(f64::NEG_INFINITY, |m, &x| m.max(x));
                 let e = a.mapv(|x| (x - m).exp());
                 let p = &e / e.sum();
-                Array2::from_diag(&p) - &p.view().insert_axis(ndarray::Axis(1)).dot(&p.view().insert_axis(ndarray::Axis(0)))
+                Array2::from_diag(&p)
+                    - &p.view()
+                        .insert_axis(ndarray::Axis(1))
+                        .dot(&p.view().insert_axis(ndarray::Axis(0)))
             }
         };
         h += &jac.t().dot(&curvature).dot(&jac);

@@ -4,7 +4,9 @@
 use fullbatch::data;
 use fullbatch::models::{self, Quadratic};
 use fullbatch::objective::{FiniteSum, Objective};
-use fullbatch::optim::{BatchSampler, Momentum, OptimizerParams, Sampling, gradient_descent, optimize};
+use fullbatch::optim::{
+    BatchSampler, Momentum, OptimizerParams, Sampling, gradient_descent, optimize,
+};
 use ndarray::{Array1, Array2};
 use ndarray_linalg::{Eigh, UPLO};
 use proptest::prelude::*;
@@ -151,7 +153,9 @@ fn sgd_follows_its_batches_and_full_sampling_is_gd() {
     let params = OptimizerParams {
         lr: 0.3,
         steps: 6,
-        sampling: Sampling::Cyclic { batches: batches.clone() },
+        sampling: Sampling::Cyclic {
+            batches: batches.clone(),
+        },
         record_every: 3,
         ..OptimizerParams::default()
     };
@@ -162,8 +166,15 @@ fn sgd_follows_its_batches_and_full_sampling_is_gd() {
     }
     assert!(inf_norm(&(&theta - &by_hand)) < 1e-15);
     assert_eq!(info.examples_processed, 24);
-    assert_eq!(info.losses.iter().map(|l| l.0).collect::<Vec<_>>(), vec![0, 3, 6]);
-    assert!(info.losses[2].1 < info.losses[0].1, "loss should fall: {:?}", info.losses);
+    assert_eq!(
+        info.losses.iter().map(|l| l.0).collect::<Vec<_>>(),
+        vec![0, 3, 6]
+    );
+    assert!(
+        info.losses[2].1 < info.losses[0].1,
+        "loss should fall: {:?}",
+        info.losses
+    );
 
     let full = OptimizerParams {
         lr: 0.3,
@@ -187,9 +198,27 @@ fn divergence_and_bad_parameters_are_errors() {
     let err = gradient_descent(&q, start(2, 0).view(), &params).unwrap_err();
     assert!(err.to_string().contains("diverged at step"), "{err}");
     for (params, field) in [
-        (OptimizerParams { lr: -1.0, ..OptimizerParams::default() }, "lr"),
-        (OptimizerParams { momentum: Momentum::HeavyBall(1.0), ..OptimizerParams::default() }, "momentum"),
-        (OptimizerParams { sampling: Sampling::Reshuffle { batch_size: 4 }, ..OptimizerParams::default() }, "sampling"),
+        (
+            OptimizerParams {
+                lr: -1.0,
+                ..OptimizerParams::default()
+            },
+            "lr",
+        ),
+        (
+            OptimizerParams {
+                momentum: Momentum::HeavyBall(1.0),
+                ..OptimizerParams::default()
+            },
+            "momentum",
+        ),
+        (
+            OptimizerParams {
+                sampling: Sampling::Reshuffle { batch_size: 4 },
+                ..OptimizerParams::default()
+            },
+            "sampling",
+        ),
     ] {
         let err = gradient_descent(&q, start(2, 0).view(), &params).unwrap_err();
         assert!(err.to_string().contains(field), "{err} should name {field}");

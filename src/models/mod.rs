@@ -103,7 +103,7 @@ pub fn deep_linear(data: &Dataset, hidden: &[usize], outputs: usize) -> Result<N
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ModelKind {
-    /// Indefinite 12-dimensional quadratic with spectrum spread over $[-1, 10]$.
+    /// Indefinite 12-dimensional quadratic with eigenvalues evenly spread over [-1, 10].
     Quadratic,
     /// Least squares, 8 inputs to 3 outputs, teacher-student data.
     LeastSquares,

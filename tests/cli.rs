@@ -1,0 +1,70 @@
+//! End-to-end tests of the two binaries.
+
+use std::process::Command;
+
+/// `fullbatch models --json` checks every model, exits 0, and reports a pass for each, with
+/// errors that a correct derivative gives (the V bottoms out far below the tolerance).
+#[test]
+fn models_command_checks_every_model() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fullbatch"))
+        .args(["models", "--json", "--seed", "3"])
+        .output()
+        .expect("run fullbatch");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON array");
+    assert_eq!(checks.len(), fullbatch::models::ModelKind::all().len());
+    for c in &checks {
+        assert_eq!(c["pass"], true, "{c}");
+        // A correct derivative's best central difference is ~1e-10 relative; 1e-8 would
+        // already mean a lost term or a badly scaled model.
+        assert!(c["best_gradient_error"].as_f64().unwrap() < 1e-8, "{c}");
+        assert!(c["best_hvp_error"].as_f64().unwrap() < 1e-8, "{c}");
+    }
+}
+
+/// An unknown model name is rejected with a message naming it, exit code non-zero.
+#[test]
+fn unknown_model_is_rejected() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fullbatch"))
+        .args(["models", "--model", "resnet"])
+        .output()
+        .expect("run fullbatch");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resnet"));
+}
+
+/// `figures --out DIR` writes non-empty PNG and SVG files and the index.
+#[test]
+fn figures_command_writes_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_figures"))
+        .args(["--out".as_ref(), dir.path().as_os_str()])
+        .output()
+        .expect("run figures");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["derivative_check.png", "derivative_check.svg", "README.md"] {
+        let meta =
+            std::fs::metadata(dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            meta.len() > 1000 || name == "README.md" && meta.len() > 50,
+            "{name} is too small"
+        );
+    }
+    let png = std::fs::read(dir.path().join("derivative_check.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let svg = std::fs::read_to_string(dir.path().join("derivative_check.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("deep-linear"));
+    // No temporary files are left behind.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(!name.contains("tmp"), "left behind: {name}");
+    }
+}
