@@ -46,9 +46,7 @@ impl Default for DerivativeCheckParams {
 /// `count` steps from `largest` down to `smallest`, equally spaced in $\log\varepsilon$.
 pub fn geometric_steps(largest: f64, smallest: f64, count: usize) -> Vec<f64> {
     let (a, b) = (largest.ln(), smallest.ln());
-    (0..count)
-        .map(|i| (a + (b - a) * i as f64 / (count.max(2) - 1) as f64).exp())
-        .collect()
+    (0..count).map(|i| (a + (b - a) * i as f64 / (count.max(2) - 1) as f64).exp()).collect()
 }
 
 /// The result of [`check_derivatives`] for one model.
@@ -94,12 +92,7 @@ fn random_unit(dim: usize, rng: &mut ChaCha8Rng) -> Array1<f64> {
 /// Least-squares slope of $\log y$ against $\log x$ over the points with $x \ge$ `min_x` and
 /// $y > 0$; NaN with fewer than two points.
 pub fn log_log_slope(x: &[f64], y: &[f64], min_x: f64) -> f64 {
-    let (x, y): (Vec<f64>, Vec<f64>) = x
-        .iter()
-        .zip(y)
-        .filter(|(x, _)| **x >= min_x)
-        .map(|(a, b)| (*a, *b))
-        .unzip();
+    let (x, y): (Vec<f64>, Vec<f64>) = x.iter().zip(y).filter(|(x, _)| **x >= min_x).map(|(a, b)| (*a, *b)).unzip();
     crate::stats::log_log_fit(&x, &y).map_or(f64::NAN, |f| f.slope)
 }
 
@@ -112,9 +105,7 @@ pub fn check_derivatives<O: Objective + ?Sized>(
 ) -> DerivativeReport {
     let dim = obj.dim();
     let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
-    let dirs: Vec<Array1<f64>> = (0..params.directions.max(1))
-        .map(|_| random_unit(dim, &mut rng))
-        .collect();
+    let dirs: Vec<Array1<f64>> = (0..params.directions.max(1)).map(|_| random_unit(dim, &mut rng)).collect();
     let g = obj.gradient(theta);
     let g_norm = norm(&g).max(f64::MIN_POSITIVE);
     let hvs: Vec<Array1<f64>> = dirs.iter().map(|v| obj.hvp(theta, v.view())).collect();
@@ -144,8 +135,7 @@ pub fn check_derivatives<O: Objective + ?Sized>(
             let dvu = obj.third_derivative(theta, v.view(), u.view());
             let denom = norm(&duv) + norm(&dvu);
             if denom > 0.0 {
-                third_derivative_asymmetry =
-                    third_derivative_asymmetry.max(norm(&(duv - dvu)) / denom);
+                third_derivative_asymmetry = third_derivative_asymmetry.max(norm(&(duv - dvu)) / denom);
             }
         }
     }
@@ -156,9 +146,7 @@ pub fn check_derivatives<O: Objective + ?Sized>(
         dim,
         gradient_truncation_slope: log_log_slope(&params.steps, &gradient_errors, 1e-3),
         hvp_truncation_slope: log_log_slope(&params.steps, &hvp_errors, 1e-3),
-        pass: best_gradient_error < params.tolerance
-            && best_hvp_error < params.tolerance
-            && hessian_asymmetry < 1e-10,
+        pass: best_gradient_error < params.tolerance && best_hvp_error < params.tolerance && hessian_asymmetry < 1e-10,
         steps: params.steps.clone(),
         gradient_errors,
         hvp_errors,
@@ -174,17 +162,9 @@ pub fn check_derivatives<O: Objective + ?Sized>(
 ///
 /// # Errors
 /// As [`ModelKind::instance`].
-pub fn check_model(
-    kind: ModelKind,
-    seed: u64,
-    params: &DerivativeCheckParams,
-) -> Result<DerivativeReport> {
+pub fn check_model(kind: ModelKind, seed: u64, params: &DerivativeCheckParams) -> Result<DerivativeReport> {
     let instance = kind.instance(seed)?;
-    Ok(check_derivatives(
-        instance.objective.as_ref(),
-        instance.theta0.view(),
-        params,
-    ))
+    Ok(check_derivatives(instance.objective.as_ref(), instance.theta0.view(), params))
 }
 
 #[cfg(test)]
@@ -218,11 +198,7 @@ mod tests {
                 ndarray::array![12.0 * t[0] * t[0] * v[0], v[0]]
             }
         }
-        let r = check_derivatives(
-            &Broken,
-            ndarray::array![0.5, -1.0].view(),
-            &DerivativeCheckParams::default(),
-        );
+        let r = check_derivatives(&Broken, ndarray::array![0.5, -1.0].view(), &DerivativeCheckParams::default());
         assert!(r.best_gradient_error < 1e-8);
         assert!(r.best_hvp_error > 1e-2);
         assert!(!r.pass);

@@ -59,25 +59,16 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// An [`Error::InvalidParameter`] for `field`.
     pub fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        Error::InvalidParameter {
-            field: field.into(),
-            problem: problem.into(),
-        }
+        Error::InvalidParameter { field: field.into(), problem: problem.into() }
     }
 
     /// An [`Error::BadFile`] for `path`.
     pub fn bad_file(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
-        Error::BadFile {
-            path: path.into(),
-            problem: problem.into(),
-        }
+        Error::BadFile { path: path.into(), problem: problem.into() }
     }
 
     /// An [`Error::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 }

@@ -19,12 +19,7 @@ pub fn derivative_check_figure(reports: &[(String, DerivativeReport)]) -> Figure
             .enumerate()
             .map(|(i, (name, r))| Series {
                 label: name.clone(),
-                points: r
-                    .steps
-                    .iter()
-                    .cloned()
-                    .zip(pick(r).iter().cloned())
-                    .collect(),
+                points: r.steps.iter().cloned().zip(pick(r).iter().cloned()).collect(),
                 color: i,
                 mark: Mark::Line,
             })
@@ -34,16 +29,8 @@ pub fn derivative_check_figure(reports: &[(String, DerivativeReport)]) -> Figure
     Figure {
         title: "Exact derivatives vs central finite differences".into(),
         panels: vec![
-            panel(
-                "gradient: |ΔL/2ε − gᵀv| / |g|",
-                "relative error",
-                |r| &r.gradient_errors,
-            ),
-            panel(
-                "Hessian-vector product: |Δg/2ε − Hv| / |Hv|",
-                "relative error",
-                |r| &r.hvp_errors,
-            ),
+            panel("gradient: |ΔL/2ε − gᵀv| / |g|", "relative error", |r| &r.gradient_errors),
+            panel("Hessian-vector product: |Δg/2ε − Hv| / |Hv|", "relative error", |r| &r.hvp_errors),
         ],
         columns: 2,
         panel_size: (640, 480),

@@ -42,11 +42,7 @@ pub struct AdaptiveParams {
 
 impl Default for AdaptiveParams {
     fn default() -> Self {
-        AdaptiveParams {
-            rtol: 1e-12,
-            atol: 1e-14,
-            max_steps: 1_000_000,
-        }
+        AdaptiveParams { rtol: 1e-12, atol: 1e-14, max_steps: 1_000_000 }
     }
 }
 
@@ -68,40 +64,12 @@ const A: [[f64; 6]; 7] = [
     [1.0 / 5.0, 0.0, 0.0, 0.0, 0.0, 0.0],
     [3.0 / 40.0, 9.0 / 40.0, 0.0, 0.0, 0.0, 0.0],
     [44.0 / 45.0, -56.0 / 15.0, 32.0 / 9.0, 0.0, 0.0, 0.0],
-    [
-        19372.0 / 6561.0,
-        -25360.0 / 2187.0,
-        64448.0 / 6561.0,
-        -212.0 / 729.0,
-        0.0,
-        0.0,
-    ],
-    [
-        9017.0 / 3168.0,
-        -355.0 / 33.0,
-        46732.0 / 5247.0,
-        49.0 / 176.0,
-        -5103.0 / 18656.0,
-        0.0,
-    ],
-    [
-        35.0 / 384.0,
-        0.0,
-        500.0 / 1113.0,
-        125.0 / 192.0,
-        -2187.0 / 6784.0,
-        11.0 / 84.0,
-    ],
+    [19372.0 / 6561.0, -25360.0 / 2187.0, 64448.0 / 6561.0, -212.0 / 729.0, 0.0, 0.0],
+    [9017.0 / 3168.0, -355.0 / 33.0, 46732.0 / 5247.0, 49.0 / 176.0, -5103.0 / 18656.0, 0.0],
+    [35.0 / 384.0, 0.0, 500.0 / 1113.0, 125.0 / 192.0, -2187.0 / 6784.0, 11.0 / 84.0],
 ];
-const E: [f64; 7] = [
-    71.0 / 57600.0,
-    0.0,
-    -71.0 / 16695.0,
-    71.0 / 1920.0,
-    -17253.0 / 339200.0,
-    22.0 / 525.0,
-    -1.0 / 40.0,
-];
+const E: [f64; 7] =
+    [71.0 / 57600.0, 0.0, -71.0 / 16695.0, 71.0 / 1920.0, -17253.0 / 339200.0, 22.0 / 525.0, -1.0 / 40.0];
 
 /// Integrates $\dot y = f(y)$ from `y0` over time `t_end` with the Dormand-Prince 5(4) pair,
 /// local extrapolation and first-same-as-last. Steps are accepted when the RMS of the
@@ -118,10 +86,7 @@ pub fn dormand_prince(
     params: &AdaptiveParams,
 ) -> Result<(Array1<f64>, AdaptiveInfo)> {
     if !(params.rtol > 0.0 && params.atol > 0.0) {
-        return Err(Error::invalid(
-            "tolerance",
-            "rtol and atol must be positive",
-        ));
+        return Err(Error::invalid("tolerance", "rtol and atol must be positive"));
     }
     let mut info = AdaptiveInfo::default();
     let mut y = y0.to_owned();
@@ -136,10 +101,7 @@ pub fn dormand_prince(
         if f.iter().all(|v| v.is_finite()) {
             Ok(f)
         } else {
-            Err(Error::Diverged {
-                step: info.accepted,
-                quantity: "vector field".into(),
-            })
+            Err(Error::Diverged { step: info.accepted, quantity: "vector field".into() })
         }
     };
     let mut k0 = eval(y.view(), &mut info)?;
@@ -147,21 +109,14 @@ pub fn dormand_prince(
     let scale = |y: &Array1<f64>| y.mapv(|v| params.atol + params.rtol * v.abs());
     let d0 = rms(&(&y / &scale(&y)));
     let d1 = rms(&(&k0 / &scale(&y)));
-    let mut h = if d0 < 1e-5 || d1 < 1e-5 {
-        1e-6
-    } else {
-        0.01 * d0 / d1
-    };
+    let mut h = if d0 < 1e-5 || d1 < 1e-5 { 1e-6 } else { 0.01 * d0 / d1 };
     h = h.min(t_end.abs());
     let mut k = vec![Array1::<f64>::zeros(0); 7];
     while (t_end - t) * dir > 0.0 {
         if info.accepted + info.rejected >= params.max_steps {
             return Err(Error::invalid(
                 "max_steps",
-                format!(
-                    "{} steps did not reach t = {t_end} (at t = {t})",
-                    params.max_steps
-                ),
+                format!("{} steps did not reach t = {t_end} (at t = {t})", params.max_steps),
             ));
         }
         h = h.min((t_end - t).abs());
@@ -187,9 +142,8 @@ pub fn dormand_prince(
                 err.scaled_add(hs * E[j], kj);
             }
         }
-        let tol = ndarray::Zip::from(&y)
-            .and(&y_new)
-            .map_collect(|a, b| params.atol + params.rtol * a.abs().max(b.abs()));
+        let tol =
+            ndarray::Zip::from(&y).and(&y_new).map_collect(|a, b| params.atol + params.rtol * a.abs().max(b.abs()));
         let e = rms(&(&err / &tol));
         if e <= 1.0 {
             t += hs;
@@ -199,22 +153,14 @@ pub fn dormand_prince(
         } else {
             info.rejected += 1;
         }
-        let factor = if e == 0.0 {
-            5.0
-        } else {
-            (0.9 * e.powf(-0.2)).clamp(0.2, 5.0)
-        };
+        let factor = if e == 0.0 { 5.0 } else { (0.9 * e.powf(-0.2)).clamp(0.2, 5.0) };
         h *= factor;
     }
     Ok((y, info))
 }
 
 fn rms(x: &Array1<f64>) -> f64 {
-    if x.is_empty() {
-        0.0
-    } else {
-        (x.dot(x) / x.len() as f64).sqrt()
-    }
+    if x.is_empty() { 0.0 } else { (x.dot(x) / x.len() as f64).sqrt() }
 }
 
 #[cfg(test)]
@@ -235,16 +181,8 @@ mod tests {
 
     #[test]
     fn dormand_prince_meets_its_tolerance() {
-        let (y, info) = dormand_prince(
-            &spiral,
-            array![1.0, 0.0].view(),
-            3.0,
-            &AdaptiveParams::default(),
-        )
-        .unwrap();
-        let err = (&y - &exact(3.0))
-            .iter()
-            .fold(0.0f64, |m, v| m.max(v.abs()));
+        let (y, info) = dormand_prince(&spiral, array![1.0, 0.0].view(), 3.0, &AdaptiveParams::default()).unwrap();
+        let err = (&y - &exact(3.0)).iter().fold(0.0f64, |m, v| m.max(v.abs()));
         // Per-step tolerance 1e-12 relative, a few hundred steps: global error <= ~1e-11.
         assert!(err < 1e-11, "error {err}, {info:?}");
         assert!(info.accepted > 10);

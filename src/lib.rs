@@ -15,6 +15,7 @@
 //!
 //! Precision: everything here is `f64`.
 
+pub mod bea;
 pub mod data;
 pub mod derivative_check;
 mod error;

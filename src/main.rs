@@ -4,16 +4,15 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use fullbatch::bea::{SuiteParams, run_suite, suite_models};
+use fullbatch::data::fashion_mnist;
 use fullbatch::derivative_check::{DerivativeCheckParams, DerivativeReport, check_model};
 use fullbatch::models::ModelKind;
+use indicatif::ProgressBar;
 use serde::Serialize;
 
 #[derive(Parser)]
-#[command(
-    name = "fullbatch",
-    version,
-    about = "Numerical checks of why SGD generalises (Geiping et al., ICLR 2022)"
-)]
+#[command(name = "fullbatch", version, about = "Numerical checks of why SGD generalises (Geiping et al., ICLR 2022)")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,6 +32,40 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Backward-error analysis: measure the orders and coefficients of the modified flows of
+    /// GD, SGD and momentum on toy models, and compare them with the theory.
+    Bea {
+        /// Models (repeatable); default: quadratic, logistic, mlp-tanh-mse.
+        #[arg(long = "model", value_enum)]
+        models: Vec<ModelKind>,
+        /// Skip the Fashion-MNIST MLP even when the data set is installed.
+        #[arg(long)]
+        no_fashion_mnist: bool,
+        /// Largest step, in units of the model's time scale 1/lambda_max.
+        #[arg(long, default_value_t = 0.1)]
+        h_max: f64,
+        /// Smallest step, in units of 1/lambda_max.
+        #[arg(long, default_value_t = 0.01)]
+        h_min: f64,
+        /// Number of step sizes.
+        #[arg(long, default_value_t = 6)]
+        steps: usize,
+        /// Minibatches per SGD epoch.
+        #[arg(long, default_value_t = 4)]
+        minibatches: usize,
+        /// Average SGD over this many sampled orderings (0: all m! orderings, exact).
+        #[arg(long, default_value_t = 0)]
+        orderings: usize,
+        /// Momentum beta of the heavy-ball and Nesterov checks.
+        #[arg(long, default_value_t = 0.9)]
+        beta: f64,
+        /// Seed of data, start point, partition and orderings.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print a JSON array, one object per check.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Serialize)]
@@ -45,27 +78,15 @@ struct ModelCheck {
 }
 
 fn models(kinds: Vec<ModelKind>, seed: u64, json: bool) -> Result<ExitCode> {
-    let kinds = if kinds.is_empty() {
-        ModelKind::all()
-    } else {
-        kinds
-    };
-    let params = DerivativeCheckParams {
-        seed,
-        ..DerivativeCheckParams::default()
-    };
+    let kinds = if kinds.is_empty() { ModelKind::all() } else { kinds };
+    let params = DerivativeCheckParams { seed, ..DerivativeCheckParams::default() };
     let mut checks = Vec::new();
     for kind in kinds {
         let report = check_model(kind, seed, &params)?;
         let description = clap::ValueEnum::to_possible_value(&kind)
             .and_then(|v| v.get_help().map(|h| h.to_string()))
             .unwrap_or_default();
-        checks.push(ModelCheck {
-            model: kind.name(),
-            description,
-            seed,
-            report,
-        });
+        checks.push(ModelCheck { model: kind.name(), description, seed, report });
     }
     let all_pass = checks.iter().all(|c| c.report.pass);
     if json {
@@ -73,15 +94,7 @@ fn models(kinds: Vec<ModelKind>, seed: u64, json: bool) -> Result<ExitCode> {
     } else {
         println!(
             "{:<16} {:>5} {:>10} {:>10} {:>7} {:>7} {:>10} {:>10}  {}",
-            "model",
-            "dim",
-            "grad err",
-            "hvp err",
-            "g slope",
-            "H slope",
-            "H asym",
-            "D3 asym",
-            "result"
+            "model", "dim", "grad err", "hvp err", "g slope", "H slope", "H asym", "D3 asym", "result"
         );
         for c in &checks {
             let r = &c.report;
@@ -109,19 +122,92 @@ fn models(kinds: Vec<ModelKind>, seed: u64, json: bool) -> Result<ExitCode> {
             params.tolerance
         );
     }
-    Ok(if all_pass {
-        ExitCode::SUCCESS
+    Ok(if all_pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bea(kinds: Vec<ModelKind>, no_fashion_mnist: bool, params: SuiteParams, json: bool) -> Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let kinds =
+        if kinds.is_empty() { vec![ModelKind::Quadratic, ModelKind::Logistic, ModelKind::MlpTanhMse] } else { kinds };
+    let dir = fashion_mnist::default_dir();
+    let with_fashion = !no_fashion_mnist && fashion_mnist::available(&dir);
+    if !no_fashion_mnist && !with_fashion {
+        eprintln!(
+            "note: Fashion-MNIST not found in {} (install dataset-fashion-mnist or set {}); running the synthetic models only",
+            dir.display(),
+            fashion_mnist::DIR_ENV
+        );
+    }
+    let models = suite_models(&kinds, with_fashion, params.seed)?;
+    let bar = ProgressBar::new_spinner();
+    if json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let rows = run_suite(&models, &params, |label| bar.set_message(label.to_string()))?;
+    bar.finish_and_clear();
+    let all_pass = rows.iter().all(|r| r.pass);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        ExitCode::FAILURE
-    })
+        println!(
+            "{:<24} {:<18} {:>11} {:>9} {:>10} {:>9} {:>9}  {}",
+            "check", "model", "measured", "stderr", "expected", "tolerance", "ref err", "result"
+        );
+        for r in &rows {
+            println!(
+                "{:<24} {:<18} {:>11.5} {:>9.1e} {:>10.5} {:>9.1e} {:>9.0e}  {}",
+                r.check,
+                r.model,
+                r.measured,
+                r.stderr,
+                r.expected,
+                r.tolerance,
+                r.reference_error_ratio,
+                if r.pass { "ok" } else { "FAIL" }
+            );
+        }
+        println!(
+            "\nsteps h in [{}, {}]/lambda_max ({} sizes); reference flows: Dormand-Prince 5(4), rtol {:.0e}; \
+             'ref err' = reference error bound / measured effect (must be < 1e-2).",
+            params.h_min, params.h_max, params.steps, params.reference.rtol
+        );
+        println!(
+            "{} of {} checks passed in {:.1} s",
+            rows.iter().filter(|r| r.pass).count(),
+            rows.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(if all_pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn main() -> Result<ExitCode> {
     match Cli::parse().command {
-        Command::Models {
+        Command::Models { models: kinds, seed, json } => models(kinds, seed, json),
+        Command::Bea {
             models: kinds,
+            no_fashion_mnist,
+            h_max,
+            h_min,
+            steps,
+            minibatches,
+            orderings,
+            beta,
             seed,
             json,
-        } => models(kinds, seed, json),
+        } => {
+            let params = SuiteParams {
+                h_max,
+                h_min,
+                steps,
+                minibatches,
+                sampled_orderings: orderings,
+                beta,
+                seed,
+                ..SuiteParams::default()
+            };
+            bea(kinds, no_fashion_mnist, params, json)
+        }
     }
 }

@@ -41,12 +41,7 @@ pub trait Objective {
     ///
     /// The default is [`third_derivative_by_hvp_difference`], a central difference of the exact
     /// HVP with relative accuracy about $10^{-9}$; models that can do better override it.
-    fn third_derivative(
-        &self,
-        theta: ArrayView1<f64>,
-        u: ArrayView1<f64>,
-        v: ArrayView1<f64>,
-    ) -> Array1<f64> {
+    fn third_derivative(&self, theta: ArrayView1<f64>, u: ArrayView1<f64>, v: ArrayView1<f64>) -> Array1<f64> {
         third_derivative_by_hvp_difference(self, theta, u, v)
     }
 
@@ -74,8 +69,7 @@ pub trait FiniteSum: Objective {
     fn batch_gradient(&self, theta: ArrayView1<f64>, batch: &[usize]) -> Array1<f64>;
 
     /// $\nabla^2 L_B(\theta)\, v$.
-    fn batch_hvp(&self, theta: ArrayView1<f64>, batch: &[usize], v: ArrayView1<f64>)
-    -> Array1<f64>;
+    fn batch_hvp(&self, theta: ArrayView1<f64>, batch: &[usize], v: ArrayView1<f64>) -> Array1<f64>;
 }
 
 /// Blanket impl so that `&O` is an objective wherever `O` is.
@@ -95,12 +89,7 @@ impl<O: Objective + ?Sized> Objective for &O {
     fn hvp(&self, theta: ArrayView1<f64>, v: ArrayView1<f64>) -> Array1<f64> {
         (**self).hvp(theta, v)
     }
-    fn third_derivative(
-        &self,
-        theta: ArrayView1<f64>,
-        u: ArrayView1<f64>,
-        v: ArrayView1<f64>,
-    ) -> Array1<f64> {
+    fn third_derivative(&self, theta: ArrayView1<f64>, u: ArrayView1<f64>, v: ArrayView1<f64>) -> Array1<f64> {
         (**self).third_derivative(theta, u, v)
     }
     fn hessian(&self, theta: ArrayView1<f64>) -> Array2<f64> {
@@ -109,10 +98,7 @@ impl<O: Objective + ?Sized> Objective for &O {
 }
 
 /// Dense Hessian from $d$ exact HVPs, symmetrised as $(M + M^\top)/2$.
-pub fn dense_hessian_from_hvp<O: Objective + ?Sized>(
-    obj: &O,
-    theta: ArrayView1<f64>,
-) -> Array2<f64> {
+pub fn dense_hessian_from_hvp<O: Objective + ?Sized>(obj: &O, theta: ArrayView1<f64>) -> Array2<f64> {
     let d = obj.dim();
     let mut m = Array2::<f64>::zeros((d, d));
     let mut e = Array1::<f64>::zeros(d);
@@ -173,11 +159,7 @@ pub fn directional_derivative_by_difference<O: Objective + ?Sized>(
 
 /// The full gradient by coordinate-wise central differences (absolute step `eps`); costs $2d$
 /// loss evaluations.
-pub fn gradient_by_difference<O: Objective + ?Sized>(
-    obj: &O,
-    theta: ArrayView1<f64>,
-    eps: f64,
-) -> Array1<f64> {
+pub fn gradient_by_difference<O: Objective + ?Sized>(obj: &O, theta: ArrayView1<f64>, eps: f64) -> Array1<f64> {
     let mut x = theta.to_owned();
     let mut g = Array1::zeros(obj.dim());
     for j in 0..obj.dim() {
@@ -299,10 +281,7 @@ mod tests {
     #[test]
     fn penalty_gradient_matches_difference_of_penalised_loss() {
         let t = array![0.3, -1.2, 2.0];
-        let p = GradientNormPenalty {
-            inner: Quartic,
-            coefficient: 0.05,
-        };
+        let p = GradientNormPenalty { inner: Quartic, coefficient: 0.05 };
         let exact = p.gradient(t.view());
         let fd = gradient_by_difference(&p, t.view(), 1e-5);
         for (a, b) in exact.iter().zip(fd.iter()) {

@@ -42,10 +42,7 @@ pub struct MomentumStep {
 impl MomentumStep {
     /// A fresh state.
     pub fn new(momentum: Momentum) -> Self {
-        MomentumStep {
-            momentum,
-            buffer: None,
-        }
+        MomentumStep { momentum, buffer: None }
     }
 
     /// Applies one update with gradient `g` and learning rate `lr` to `theta`.
@@ -130,26 +127,14 @@ impl BatchSampler {
             }
             Sampling::Cyclic { batches } => {
                 if batches.is_empty() || batches.iter().any(Vec::is_empty) {
-                    return Err(Error::invalid(
-                        "batches",
-                        "need at least one non-empty batch",
-                    ));
+                    return Err(Error::invalid("batches", "need at least one non-empty batch"));
                 }
                 if let Some(&i) = batches.iter().flatten().find(|&&i| i >= n) {
-                    return Err(Error::invalid(
-                        "batches",
-                        format!("index {i} >= {n} examples"),
-                    ));
+                    return Err(Error::invalid("batches", format!("index {i} >= {n} examples")));
                 }
             }
         }
-        Ok(BatchSampler {
-            sampling,
-            n,
-            rng: ChaCha8Rng::seed_from_u64(seed),
-            epoch: Vec::new(),
-            position: 0,
-        })
+        Ok(BatchSampler { sampling, n, rng: ChaCha8Rng::seed_from_u64(seed), epoch: Vec::new(), position: 0 })
     }
 
     /// The number of steps in one pass over the data ($\lfloor n/b\rfloor$ for reshuffling and
@@ -157,9 +142,7 @@ impl BatchSampler {
     pub fn steps_per_epoch(&self) -> usize {
         match &self.sampling {
             Sampling::Full => 1,
-            Sampling::Reshuffle { batch_size } | Sampling::WithReplacement { batch_size } => {
-                self.n / batch_size
-            }
+            Sampling::Reshuffle { batch_size } | Sampling::WithReplacement { batch_size } => self.n / batch_size,
             Sampling::Cyclic { batches } => batches.len(),
         }
     }
@@ -176,10 +159,7 @@ impl BatchSampler {
                 if self.position == self.epoch.len() {
                     let mut perm: Vec<usize> = (0..self.n).collect();
                     perm.shuffle(&mut self.rng);
-                    self.epoch = perm
-                        .chunks_exact(*batch_size)
-                        .map(<[usize]>::to_vec)
-                        .collect();
+                    self.epoch = perm.chunks_exact(*batch_size).map(<[usize]>::to_vec).collect();
                     self.position = 0;
                 }
                 self.position += 1;
@@ -236,14 +216,7 @@ pub struct OptimizerInfo {
 }
 
 fn check_finite(step: usize, quantity: &str, x: &Array1<f64>) -> Result<()> {
-    if x.iter().all(|v| v.is_finite()) {
-        Ok(())
-    } else {
-        Err(Error::Diverged {
-            step,
-            quantity: quantity.to_string(),
-        })
-    }
+    if x.iter().all(|v| v.is_finite()) { Ok(()) } else { Err(Error::Diverged { step, quantity: quantity.to_string() }) }
 }
 
 /// Runs `params.steps` steps of (stochastic) gradient descent with momentum from `theta0`.
@@ -279,10 +252,7 @@ pub fn gradient_descent<O: Objective + ?Sized>(
     params: &OptimizerParams,
 ) -> Result<(Array1<f64>, OptimizerInfo)> {
     if params.sampling != Sampling::Full {
-        return Err(Error::invalid(
-            "sampling",
-            "gradient_descent needs full-batch sampling",
-        ));
+        return Err(Error::invalid("sampling", "gradient_descent needs full-batch sampling"));
     }
     optimize_with(obj, theta0, params, |theta| (obj.gradient(theta), 1))
 }
@@ -294,17 +264,11 @@ fn optimize_with<O: Objective + ?Sized>(
     mut gradient: impl FnMut(ArrayView1<f64>) -> (Array1<f64>, usize),
 ) -> Result<(Array1<f64>, OptimizerInfo)> {
     if !(params.lr.is_finite() && params.lr > 0.0) {
-        return Err(Error::invalid(
-            "lr",
-            format!("{} must be positive and finite", params.lr),
-        ));
+        return Err(Error::invalid("lr", format!("{} must be positive and finite", params.lr)));
     }
     if let Momentum::HeavyBall(b) | Momentum::Nesterov(b) = params.momentum {
         if !(0.0..1.0).contains(&b) {
-            return Err(Error::invalid(
-                "momentum",
-                format!("beta {b} is not in [0, 1)"),
-            ));
+            return Err(Error::invalid("momentum", format!("beta {b} is not in [0, 1)")));
         }
     }
     let mut theta = theta0.to_owned();
@@ -351,14 +315,7 @@ mod tests {
     fn rejects_bad_parameters() {
         assert!(BatchSampler::new(Sampling::Reshuffle { batch_size: 0 }, 10, 0).is_err());
         assert!(BatchSampler::new(Sampling::WithReplacement { batch_size: 11 }, 10, 0).is_err());
-        let e = BatchSampler::new(
-            Sampling::Cyclic {
-                batches: vec![vec![0, 10]],
-            },
-            10,
-            0,
-        )
-        .unwrap_err();
+        let e = BatchSampler::new(Sampling::Cyclic { batches: vec![vec![0, 10]] }, 10, 0).unwrap_err();
         assert!(e.to_string().contains("index 10"), "{e}");
     }
 }

@@ -21,8 +21,7 @@ static FONT: &[u8] = include_bytes!("fonts/DejaVuSans.ttf");
 /// [`Error::Plot`] if the embedded font cannot be parsed (a build defect).
 pub fn ensure_font() -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
-    let ok =
-        *REGISTERED.get_or_init(|| register_font("sans-serif", FontStyle::Normal, FONT).is_ok());
+    let ok = *REGISTERED.get_or_init(|| register_font("sans-serif", FontStyle::Normal, FONT).is_ok());
     if ok {
         Ok(())
     } else {
@@ -73,11 +72,7 @@ impl Scale {
             }
             Scale::Log10 => {
                 let r = v.round();
-                if (v - r).abs() < 1e-9 {
-                    format!("1e{r}")
-                } else {
-                    format!("{:.2e}", 10f64.powf(v))
-                }
+                if (v - r).abs() < 1e-9 { format!("1e{r}") } else { format!("{:.2e}", 10f64.powf(v)) }
             }
         }
     }
@@ -158,17 +153,12 @@ impl Figure {
     fn size(&self) -> (u32, u32) {
         let cols = self.columns.max(1);
         let rows = self.panels.len().div_ceil(cols).max(1);
-        (
-            self.panel_size.0 * cols as u32,
-            self.panel_size.1 * rows as u32 + 50,
-        )
+        (self.panel_size.0 * cols as u32, self.panel_size.1 * rows as u32 + 50)
     }
 }
 
 fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if !lo.is_finite() {
         return (0.0, 1.0);
     }
@@ -176,19 +166,11 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-fn draw_panel<DB: DrawingBackend>(
-    area: &DrawingArea<DB, Shift>,
-    panel: &Panel,
-) -> std::result::Result<(), String> {
+fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) -> std::result::Result<(), String> {
     let mapped: Vec<Vec<(f64, f64)>> = panel
         .series
         .iter()
-        .map(|s| {
-            s.points
-                .iter()
-                .filter_map(|&(x, y)| Some((panel.x_scale.map(x)?, panel.y_scale.map(y)?)))
-                .collect()
-        })
+        .map(|s| s.points.iter().filter_map(|&(x, y)| Some((panel.x_scale.map(x)?, panel.y_scale.map(y)?))).collect())
         .collect();
     let (x0, x1) = bounds(mapped.iter().flatten().map(|p| p.0));
     let (y0, y1) = bounds(mapped.iter().flatten().map(|p| p.1));
@@ -219,18 +201,13 @@ fn draw_panel<DB: DrawingBackend>(
         let anno = match s.mark {
             Mark::Line | Mark::LinePoints => chart.draw_series(LineSeries::new(pts.clone(), style)),
             Mark::Dashed => chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style)),
-            Mark::Points => {
-                chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
-            }
+            Mark::Points => chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))),
         }
         .map_err(|e| format!("{e:?}"))?;
-        anno.label(s.label.clone()).legend(move |(x, y)| {
-            PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-        });
+        anno.label(s.label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
         if s.mark == Mark::LinePoints {
-            chart
-                .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                .map_err(|e| format!("{e:?}"))?;
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| format!("{e:?}"))?;
         }
     }
     chart
@@ -249,14 +226,9 @@ fn draw_panel<DB: DrawingBackend>(
     Ok(())
 }
 
-fn draw_figure<DB: DrawingBackend>(
-    root: DrawingArea<DB, Shift>,
-    fig: &Figure,
-) -> std::result::Result<(), String> {
+fn draw_figure<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> std::result::Result<(), String> {
     root.fill(&WHITE).map_err(|e| format!("{e:?}"))?;
-    let root = root
-        .titled(&fig.title, ("sans-serif", 24))
-        .map_err(|e| format!("{e:?}"))?;
+    let root = root.titled(&fig.title, ("sans-serif", 24)).map_err(|e| format!("{e:?}"))?;
     let cols = fig.columns.max(1);
     let rows = fig.panels.len().div_ceil(cols).max(1);
     let areas = root.split_evenly((rows, cols));
@@ -282,14 +254,9 @@ pub fn render(fig: &Figure, stem: &Path) -> Result<[PathBuf; 2]> {
     // The PNG encoder picks the format from the extension, so the temporary name ends in .png.
     let png_tmp = stem.with_extension("tmp.png");
     let svg_tmp = stem.with_extension("tmp.svg");
-    let plot_err = |path: &Path, message: String| Error::Plot {
-        path: path.to_path_buf(),
-        message,
-    };
-    draw_figure(BitMapBackend::new(&png_tmp, size).into_drawing_area(), fig)
-        .map_err(|m| plot_err(&png, m))?;
-    draw_figure(SVGBackend::new(&svg_tmp, size).into_drawing_area(), fig)
-        .map_err(|m| plot_err(&svg, m))?;
+    let plot_err = |path: &Path, message: String| Error::Plot { path: path.to_path_buf(), message };
+    draw_figure(BitMapBackend::new(&png_tmp, size).into_drawing_area(), fig).map_err(|m| plot_err(&png, m))?;
+    draw_figure(SVGBackend::new(&svg_tmp, size).into_drawing_area(), fig).map_err(|m| plot_err(&svg, m))?;
     for (tmp, dst) in [(&png_tmp, &png), (&svg_tmp, &svg)] {
         std::fs::rename(tmp, dst).map_err(|e| Error::io(dst, e))?;
     }

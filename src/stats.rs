@@ -37,9 +37,7 @@ pub fn t_quantile_975(df: usize) -> f64 {
     if df == 0 {
         return f64::INFINITY;
     }
-    StudentsT::new(0.0, 1.0, df as f64)
-        .map(|t| t.inverse_cdf(0.975))
-        .unwrap_or(f64::INFINITY)
+    StudentsT::new(0.0, 1.0, df as f64).map(|t| t.inverse_cdf(0.975)).unwrap_or(f64::INFINITY)
 }
 
 /// Least squares of `y` on `x`; `None` with fewer than two points or constant `x`.
@@ -55,18 +53,10 @@ pub fn linear_fit(x: &[f64], y: &[f64]) -> Option<LinearFit> {
     if sxx == 0.0 {
         return None;
     }
-    let sxy: f64 = x[..n]
-        .iter()
-        .zip(&y[..n])
-        .map(|(a, b)| (a - mx) * (b - my))
-        .sum();
+    let sxy: f64 = x[..n].iter().zip(&y[..n]).map(|(a, b)| (a - mx) * (b - my)).sum();
     let slope = sxy / sxx;
     let intercept = my - slope * mx;
-    let ssr: f64 = x[..n]
-        .iter()
-        .zip(&y[..n])
-        .map(|(a, b)| (b - intercept - slope * a).powi(2))
-        .sum();
+    let ssr: f64 = x[..n].iter().zip(&y[..n]).map(|(a, b)| (b - intercept - slope * a).powi(2)).sum();
     let s2 = if n > 2 { ssr / (nf - 2.0) } else { 0.0 };
     Some(LinearFit {
         slope,

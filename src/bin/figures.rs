@@ -33,15 +33,10 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let started = std::time::Instant::now();
     let kinds = ModelKind::all();
-    let bar = ProgressBar::new(kinds.len() as u64).with_style(
-        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg}")?
-            .progress_chars("=> "),
-    );
+    let bar = ProgressBar::new(kinds.len() as u64)
+        .with_style(ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg}")?.progress_chars("=> "));
     bar.set_prefix("derivatives");
-    let params = DerivativeCheckParams {
-        seed: cli.seed,
-        ..DerivativeCheckParams::default()
-    };
+    let params = DerivativeCheckParams { seed: cli.seed, ..DerivativeCheckParams::default() };
     let mut reports = Vec::new();
     for kind in kinds {
         bar.set_message(kind.name());
@@ -68,8 +63,7 @@ fn main() -> Result<()> {
     let index_path = cli.out.join("README.md");
     let tmp = cli.out.join("README.md.tmp");
     std::fs::write(&tmp, index).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &index_path)
-        .with_context(|| format!("writing {}", index_path.display()))?;
+    std::fs::rename(&tmp, &index_path).with_context(|| format!("writing {}", index_path.display()))?;
     println!("wrote {}", index_path.display());
     println!("done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())

@@ -81,10 +81,7 @@ impl fmt::Display for Split {
 
 /// The paths of `split`'s images file and labels file in `dir`.
 pub fn files(dir: &Path, split: Split) -> (PathBuf, PathBuf) {
-    (
-        dir.join(split.images_file_name()),
-        dir.join(split.labels_file_name()),
-    )
+    (dir.join(split.images_file_name()), dir.join(split.labels_file_name()))
 }
 
 /// Whether all four files (images and labels of both splits) exist in `dir`.
@@ -113,10 +110,7 @@ impl Normalisation {
     /// Standardisation with the training set's global pixel statistics, [`TRAIN_PIXEL_MEAN`]
     /// and [`TRAIN_PIXEL_STD`] (the same for every pixel and for both splits).
     pub fn fashion_mnist() -> Normalisation {
-        Normalisation::Standardise {
-            mean: TRAIN_PIXEL_MEAN,
-            std: TRAIN_PIXEL_STD,
-        }
+        Normalisation::Standardise { mean: TRAIN_PIXEL_MEAN, std: TRAIN_PIXEL_STD }
     }
 
     /// The input value of a pixel byte.
@@ -135,16 +129,10 @@ impl Normalisation {
     pub fn validate(&self) -> Result<()> {
         if let Normalisation::Standardise { mean, std } = *self {
             if !mean.is_finite() {
-                return Err(Error::invalid(
-                    "normalisation.mean",
-                    format!("{mean} is not finite"),
-                ));
+                return Err(Error::invalid("normalisation.mean", format!("{mean} is not finite")));
             }
             if !(std.is_finite() && std > 0.0) {
-                return Err(Error::invalid(
-                    "normalisation.std",
-                    format!("{std} is not positive and finite"),
-                ));
+                return Err(Error::invalid("normalisation.std", format!("{std} is not positive and finite")));
             }
         }
         Ok(())
@@ -175,12 +163,7 @@ pub struct LoadOptions {
 impl Default for LoadOptions {
     /// [`default_dir`], the whole split, seed 0, [`Normalisation::fashion_mnist`].
     fn default() -> Self {
-        LoadOptions {
-            dir: default_dir(),
-            subset: None,
-            seed: 0,
-            normalisation: Normalisation::fashion_mnist(),
-        }
+        LoadOptions { dir: default_dir(), subset: None, seed: 0, normalisation: Normalisation::fashion_mnist() }
     }
 }
 
@@ -203,35 +186,20 @@ pub fn load(split: Split, options: &LoadOptions) -> Result<Dataset> {
     if (images.rows, images.cols) != (SIDE, SIDE) {
         return Err(Error::bad_file(
             &images_path,
-            format!(
-                "images are {}x{}, expected {SIDE}x{SIDE} for Fashion-MNIST",
-                images.rows, images.cols
-            ),
+            format!("images are {}x{}, expected {SIDE}x{SIDE} for Fashion-MNIST", images.rows, images.cols),
         ));
     }
     let labels = idx::read_labels(&labels_path)?;
     if labels.len() != images.count {
         return Err(Error::bad_file(
             &images_path,
-            format!(
-                "{} images, but {} has {} labels",
-                images.count,
-                labels_path.display(),
-                labels.len()
-            ),
+            format!("{} images, but {} has {} labels", images.count, labels_path.display(), labels.len()),
         ));
     }
-    if let Some((i, &label)) = labels
-        .iter()
-        .enumerate()
-        .find(|&(_, &l)| usize::from(l) >= N_CLASSES)
-    {
+    if let Some((i, &label)) = labels.iter().enumerate().find(|&(_, &l)| usize::from(l) >= N_CLASSES) {
         return Err(Error::bad_file(
             &labels_path,
-            format!(
-                "label {label} at index {i} is out of range 0..={}",
-                N_CLASSES - 1
-            ),
+            format!("label {label} at index {i} is out of range 0..={}", N_CLASSES - 1),
         ));
     }
 
@@ -241,18 +209,13 @@ pub fn load(split: Split, options: &LoadOptions) -> Result<Dataset> {
         Some(n) if n > images.count => {
             return Err(Error::invalid(
                 "subset",
-                format!(
-                    "{n} examples requested but the {split} split has only {}",
-                    images.count
-                ),
+                format!("{n} examples requested but the {split} split has only {}", images.count),
             ));
         }
         Some(n) => subset_indices(images.count, n, options.seed),
     };
 
-    let table: Vec<f64> = (0..=255u8)
-        .map(|p| options.normalisation.apply(p))
-        .collect();
+    let table: Vec<f64> = (0..=255u8).map(|p| options.normalisation.apply(p)).collect();
     let mut inputs = Array2::<f64>::zeros((indices.len(), PIXELS));
     for (mut row, &i) in inputs.outer_iter_mut().zip(&indices) {
         for (x, &p) in row.iter_mut().zip(images.image(i)) {
@@ -273,10 +236,7 @@ pub fn load(split: Split, options: &LoadOptions) -> Result<Dataset> {
 fn subset_indices(count: usize, n: usize, seed: u64) -> Vec<usize> {
     let index_set = Dataset {
         inputs: Array2::zeros((count, 0)),
-        targets: Targets::Classes {
-            labels: (0..count).collect(),
-            n_classes: count,
-        },
+        targets: Targets::Classes { labels: (0..count).collect(), n_classes: count },
     };
     match index_set.random_subset(n, seed).targets {
         Targets::Classes { labels, .. } => labels,
@@ -324,29 +284,12 @@ mod tests {
     fn normalisations() {
         assert_eq!(Normalisation::UnitInterval.apply(0), 0.0);
         assert_eq!(Normalisation::UnitInterval.apply(255), 1.0);
-        let s = Normalisation::Standardise {
-            mean: 0.5,
-            std: 0.25,
-        };
+        let s = Normalisation::Standardise { mean: 0.5, std: 0.25 };
         assert!((s.apply(255) - 2.0).abs() < 1e-12);
         assert!((s.apply(0) + 2.0).abs() < 1e-12);
         assert_eq!(Normalisation::default(), Normalisation::fashion_mnist());
-        assert!(
-            Normalisation::Standardise {
-                mean: 0.0,
-                std: 0.0
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
-            Normalisation::Standardise {
-                mean: f64::NAN,
-                std: 1.0
-            }
-            .validate()
-            .is_err()
-        );
+        assert!(Normalisation::Standardise { mean: 0.0, std: 0.0 }.validate().is_err());
+        assert!(Normalisation::Standardise { mean: f64::NAN, std: 1.0 }.validate().is_err());
         assert!(Normalisation::fashion_mnist().validate().is_ok());
     }
 
@@ -379,15 +322,9 @@ mod tests {
         let sub = load(Split::Train, &options).unwrap();
         assert_eq!(sub, full.random_subset(12, 7));
         options.subset = Some(30);
-        assert_eq!(
-            load(Split::Train, &options).unwrap(),
-            full.random_subset(30, 7)
-        );
+        assert_eq!(load(Split::Train, &options).unwrap(), full.random_subset(30, 7));
         options.subset = Some(0);
-        assert!(matches!(
-            load(Split::Train, &options),
-            Err(Error::InvalidParameter { .. })
-        ));
+        assert!(matches!(load(Split::Train, &options), Err(Error::InvalidParameter { .. })));
     }
 
     /// Recomputes the training set's pixel mean and std from the real file and checks the
@@ -397,10 +334,7 @@ mod tests {
         let dir = default_dir();
         let (images_path, _) = files(&dir, Split::Train);
         if !images_path.is_file() {
-            println!(
-                "skipped: {} not found (install dataset-fashion-mnist or set {DIR_ENV})",
-                images_path.display()
-            );
+            println!("skipped: {} not found (install dataset-fashion-mnist or set {DIR_ENV})", images_path.display());
             return;
         }
         let images = idx::read_images(&images_path).unwrap();
@@ -410,24 +344,11 @@ mod tests {
             histogram[usize::from(p)] += 1;
         }
         let n = images.pixels.len() as f64;
-        let mean = histogram
-            .iter()
-            .enumerate()
-            .map(|(v, &c)| v as f64 / 255.0 * c as f64)
-            .sum::<f64>()
-            / n;
-        let var = histogram
-            .iter()
-            .enumerate()
-            .map(|(v, &c)| (v as f64 / 255.0 - mean).powi(2) * c as f64)
-            .sum::<f64>()
-            / n;
+        let mean = histogram.iter().enumerate().map(|(v, &c)| v as f64 / 255.0 * c as f64).sum::<f64>() / n;
+        let var =
+            histogram.iter().enumerate().map(|(v, &c)| (v as f64 / 255.0 - mean).powi(2) * c as f64).sum::<f64>() / n;
         println!("training pixel mean {mean:.17}, std {:.17}", var.sqrt());
         assert!((mean - TRAIN_PIXEL_MEAN).abs() < 1e-4, "mean {mean}");
-        assert!(
-            (var.sqrt() - TRAIN_PIXEL_STD).abs() < 1e-4,
-            "std {}",
-            var.sqrt()
-        );
+        assert!((var.sqrt() - TRAIN_PIXEL_STD).abs() < 1e-4, "std {}", var.sqrt());
     }
 }

@@ -63,17 +63,9 @@ struct Kind {
     description: &'static str,
 }
 
-const IMAGES: Kind = Kind {
-    magic: IMAGES_MAGIC,
-    dims: 3,
-    description: "idx3 unsigned-byte images",
-};
+const IMAGES: Kind = Kind { magic: IMAGES_MAGIC, dims: 3, description: "idx3 unsigned-byte images" };
 
-const LABELS: Kind = Kind {
-    magic: LABELS_MAGIC,
-    dims: 1,
-    description: "idx1 unsigned-byte labels",
-};
+const LABELS: Kind = Kind { magic: LABELS_MAGIC, dims: 1, description: "idx1 unsigned-byte labels" };
 
 impl Kind {
     fn header_len(&self) -> usize {
@@ -90,12 +82,7 @@ impl Kind {
 pub fn read_images(path: &Path) -> Result<IdxImages> {
     let (dims, pixels) = read_idx(path, &IMAGES)?;
     let (count, rows, cols) = (dims[0], dims[1], dims[2]);
-    Ok(IdxImages {
-        count,
-        rows,
-        cols,
-        pixels,
-    })
+    Ok(IdxImages { count, rows, cols, pixels })
 }
 
 /// Reads the labels of an idx1 unsigned-byte file, gzip-compressed or not.
@@ -172,10 +159,7 @@ fn read_idx(path: &Path, kind: &Kind) -> Result<(Vec<usize>, Vec<u8>)> {
     let truncated_header = |len: usize| {
         Error::bad_file(
             path,
-            format!(
-                "truncated header: {len} bytes, but an {} header is {header_len} bytes",
-                kind.description
-            ),
+            format!("truncated header: {len} bytes, but an {} header is {header_len} bytes", kind.description),
         )
     };
     if bytes.len() < 4 {
@@ -185,42 +169,27 @@ fn read_idx(path: &Path, kind: &Kind) -> Result<(Vec<usize>, Vec<u8>)> {
     if magic != kind.magic {
         return Err(Error::bad_file(
             path,
-            format!(
-                "wrong magic number {magic:#010x}, expected {:#010x} ({})",
-                kind.magic, kind.description
-            ),
+            format!("wrong magic number {magic:#010x}, expected {:#010x} ({})", kind.magic, kind.description),
         ));
     }
     if bytes.len() < header_len {
         return Err(truncated_header(bytes.len()));
     }
-    let dims: Vec<usize> = (0..kind.dims)
-        .map(|k| be_u32(&bytes, 4 * (k + 1)) as usize)
-        .collect();
+    let dims: Vec<usize> = (0..kind.dims).map(|k| be_u32(&bytes, 4 * (k + 1)) as usize).collect();
     let what = describe(&dims);
     let expected = dims
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| {
-            Error::bad_file(
-                path,
-                format!("header says {what}, more bytes than fit in memory"),
-            )
-        })?;
+        .ok_or_else(|| Error::bad_file(path, format!("header says {what}, more bytes than fit in memory")))?;
     let available = bytes.len() - header_len;
     if available < expected {
         return Err(Error::bad_file(
             path,
-            format!(
-                "truncated: header says {what} ({expected} bytes) but only {available} bytes follow"
-            ),
+            format!("truncated: header says {what} ({expected} bytes) but only {available} bytes follow"),
         ));
     }
     if available > expected {
-        return Err(Error::bad_file(
-            path,
-            format!("{} trailing bytes after the data", available - expected),
-        ));
+        return Err(Error::bad_file(path, format!("{} trailing bytes after the data", available - expected)));
     }
     bytes.drain(..header_len);
     Ok((dims, bytes))
@@ -242,10 +211,7 @@ fn write_idx(path: &Path, kind: &Kind, dims: &[usize], data: &[u8]) -> Result<()
     header.extend_from_slice(&kind.magic.to_be_bytes());
     for (k, &d) in dims.iter().enumerate() {
         let d = u32::try_from(d).map_err(|_| {
-            Error::invalid(
-                format!("dimension {k}"),
-                format!("{d} does not fit in the idx format's 32-bit sizes"),
-            )
+            Error::invalid(format!("dimension {k}"), format!("{d} does not fit in the idx format's 32-bit sizes"))
         })?;
         header.extend_from_slice(&d.to_be_bytes());
     }
@@ -285,25 +251,17 @@ impl TempFile {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let name = target.file_name().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file")
-        })?;
+        let name = target
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file"))?;
         loop {
             let mut temp_name = std::ffi::OsString::from(".");
             temp_name.push(name);
-            temp_name.push(format!(
-                ".tmp-{}-{}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            ));
+            temp_name.push(format!(".tmp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
             let path = dir.join(temp_name);
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(file) => {
-                    let temp = TempFile {
-                        target: target.to_path_buf(),
-                        path,
-                        persisted: false,
-                    };
+                    let temp = TempFile { target: target.to_path_buf(), path, persisted: false };
                     return Ok((temp, file));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -334,14 +292,7 @@ mod tests {
     use super::*;
 
     fn images(count: usize, rows: usize, cols: usize) -> IdxImages {
-        IdxImages {
-            count,
-            rows,
-            cols,
-            pixels: (0..count * rows * cols)
-                .map(|i| (i * 7 % 256) as u8)
-                .collect(),
-        }
+        IdxImages { count, rows, cols, pixels: (0..count * rows * cols).map(|i| (i * 7 % 256) as u8).collect() }
     }
 
     #[test]
@@ -397,10 +348,7 @@ mod tests {
         write_labels(&p, &[1; 100]).unwrap();
         write_labels(&p, &[2; 3]).unwrap();
         assert_eq!(read_labels(&p).unwrap(), vec![2; 3]);
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("l")]);
     }
 
@@ -418,27 +366,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         fs::write(&p, [0, 0, 8]).unwrap();
-        assert!(
-            read_labels(&p)
-                .unwrap_err()
-                .to_string()
-                .contains("truncated header")
-        );
+        assert!(read_labels(&p).unwrap_err().to_string().contains("truncated header"));
         fs::write(&p, [0, 0, 8, 3, 0, 0, 0, 1]).unwrap();
-        assert!(
-            read_images(&p)
-                .unwrap_err()
-                .to_string()
-                .contains("truncated header")
-        );
+        assert!(read_images(&p).unwrap_err().to_string().contains("truncated header"));
         let err = read_images(&p).unwrap_err().to_string();
         assert!(err.contains("16"), "{err}");
         fs::write(&p, [0, 0, 8, 1, 0, 0, 0, 0]).unwrap();
         let err = read_images(&p).unwrap_err().to_string();
         assert!(
-            err.contains(
-                "wrong magic number 0x00000801, expected 0x00000803 (idx3 unsigned-byte images)"
-            ),
+            err.contains("wrong magic number 0x00000801, expected 0x00000803 (idx3 unsigned-byte images)"),
             "{err}"
         );
         assert_eq!(read_labels(&p).unwrap(), Vec::<u8>::new());

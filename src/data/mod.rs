@@ -62,16 +62,12 @@ impl Dataset {
     /// The examples at `indices`, in that order.
     pub fn select(&self, indices: &[usize]) -> Dataset {
         let targets = match &self.targets {
-            Targets::Classes { labels, n_classes } => Targets::Classes {
-                labels: indices.iter().map(|&i| labels[i]).collect(),
-                n_classes: *n_classes,
-            },
+            Targets::Classes { labels, n_classes } => {
+                Targets::Classes { labels: indices.iter().map(|&i| labels[i]).collect(), n_classes: *n_classes }
+            }
             Targets::Values(y) => Targets::Values(y.select(Axis(0), indices)),
         };
-        Dataset {
-            inputs: self.inputs.select(Axis(0), indices),
-            targets,
-        }
+        Dataset { inputs: self.inputs.select(Axis(0), indices), targets }
     }
 
     /// A seeded random subset of `n` distinct examples (all of them, shuffled, if `n >= len`).
@@ -104,13 +100,7 @@ fn gaussian_matrix(rows: usize, cols: usize, scale: f64, rng: &mut ChaCha8Rng) -
 ///
 /// # Errors
 /// [`Error::InvalidParameter`] for a zero size or fewer than two classes.
-pub fn gaussian_mixture(
-    n: usize,
-    dim: usize,
-    n_classes: usize,
-    separation: f64,
-    seed: u64,
-) -> Result<Dataset> {
+pub fn gaussian_mixture(n: usize, dim: usize, n_classes: usize, separation: f64, seed: u64) -> Result<Dataset> {
     check_positive("n", n)?;
     check_positive("dim", dim)?;
     if n_classes < 2 {
@@ -122,10 +112,7 @@ pub fn gaussian_mixture(
     labels.shuffle(&mut rng);
     let noise = gaussian_matrix(n, dim, 1.0, &mut rng);
     let inputs = Array2::from_shape_fn((n, dim), |(i, j)| means[[labels[i], j]] + noise[[i, j]]);
-    Ok(Dataset {
-        inputs,
-        targets: Targets::Classes { labels, n_classes },
-    })
+    Ok(Dataset { inputs, targets: Targets::Classes { labels, n_classes } })
 }
 
 /// A random tanh teacher network $f(x) = W_2 \tanh(W_1 x / \sqrt d)$ with standard normal
@@ -164,22 +151,14 @@ pub fn teacher_student_regression(
     noise: f64,
     seed: u64,
 ) -> Result<Dataset> {
-    for (f, v) in [
-        ("n", n),
-        ("dim", dim),
-        ("hidden", hidden),
-        ("outputs", outputs),
-    ] {
+    for (f, v) in [("n", n), ("dim", dim), ("hidden", hidden), ("outputs", outputs)] {
         check_positive(f, v)?;
     }
     let teacher = Teacher::new(dim, hidden, outputs, seed);
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(1));
     let inputs = gaussian_matrix(n, dim, 1.0, &mut rng);
     let y = teacher.outputs(&inputs) + gaussian_matrix(n, outputs, noise, &mut rng);
-    Ok(Dataset {
-        inputs,
-        targets: Targets::Values(y),
-    })
+    Ok(Dataset { inputs, targets: Targets::Values(y) })
 }
 
 /// Teacher-student classification: the label is the argmax of a random [`Teacher`]'s
@@ -187,36 +166,17 @@ pub fn teacher_student_regression(
 ///
 /// # Errors
 /// [`Error::InvalidParameter`] for a zero size or fewer than two classes.
-pub fn teacher_student_classes(
-    n: usize,
-    dim: usize,
-    hidden: usize,
-    n_classes: usize,
-    seed: u64,
-) -> Result<Dataset> {
+pub fn teacher_student_classes(n: usize, dim: usize, hidden: usize, n_classes: usize, seed: u64) -> Result<Dataset> {
     if n_classes < 2 {
         return Err(Error::invalid("n_classes", "need at least 2 classes"));
     }
     let data = teacher_student_regression(n, dim, hidden, n_classes, 0.0, seed)?;
-    let Targets::Values(y) = &data.targets else {
-        unreachable!("regression targets are values")
-    };
+    let Targets::Values(y) = &data.targets else { unreachable!("regression targets are values") };
     let labels = y
         .outer_iter()
-        .map(|row| {
-            row.iter()
-                .enumerate()
-                .fold(
-                    (0, f64::NEG_INFINITY),
-                    |b, (j, &v)| if v > b.1 { (j, v) } else { b },
-                )
-                .0
-        })
+        .map(|row| row.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (j, &v)| if v > b.1 { (j, v) } else { b }).0)
         .collect();
-    Ok(Dataset {
-        inputs: data.inputs,
-        targets: Targets::Classes { labels, n_classes },
-    })
+    Ok(Dataset { inputs: data.inputs, targets: Targets::Classes { labels, n_classes } })
 }
 
 /// Low-rank linear regression (matrix factorisation / sensing): inputs $\mathcal N(0, I_d)$,
@@ -241,22 +201,15 @@ pub fn low_rank_regression(
     let m = u.dot(&v.t()) / ((dim * rank) as f64).sqrt();
     let inputs = gaussian_matrix(n, dim, 1.0, &mut rng);
     let y = inputs.dot(&m) + gaussian_matrix(n, outputs, noise, &mut rng);
-    Ok(Dataset {
-        inputs,
-        targets: Targets::Values(y),
-    })
+    Ok(Dataset { inputs, targets: Targets::Values(y) })
 }
 
 /// Per-feature standardisation $(x - \mu)/\sigma$ with $\mu, \sigma$ from `reference`'s
 /// columns (features with $\sigma = 0$ are only centred). Returns $(\mu, \sigma)$ so a test set
 /// can use the training statistics.
 pub fn feature_statistics(reference: &Array2<f64>) -> (Array1<f64>, Array1<f64>) {
-    let mean = reference
-        .mean_axis(Axis(0))
-        .unwrap_or_else(|| Array1::zeros(reference.ncols()));
-    let std = reference
-        .std_axis(Axis(0), 0.0)
-        .mapv(|s| if s > 0.0 { s } else { 1.0 });
+    let mean = reference.mean_axis(Axis(0)).unwrap_or_else(|| Array1::zeros(reference.ncols()));
+    let std = reference.std_axis(Axis(0), 0.0).mapv(|s| if s > 0.0 { s } else { 1.0 });
     (mean, std)
 }
 
@@ -279,9 +232,7 @@ mod tests {
         assert_eq!(t.inputs.dim(), (50, 6));
         assert!(t.labels().unwrap().iter().all(|&l| l < 4));
         let r = low_rank_regression(20, 5, 3, 2, 0.0, 1).unwrap();
-        let Targets::Values(y) = &r.targets else {
-            panic!()
-        };
+        let Targets::Values(y) = &r.targets else { panic!() };
         assert_eq!(y.dim(), (20, 3));
         assert!(gaussian_mixture(0, 4, 3, 1.0, 0).is_err());
     }

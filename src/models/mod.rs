@@ -139,9 +139,7 @@ impl ModelKind {
 
     /// The command-line name.
     pub fn name(self) -> String {
-        self.to_possible_value()
-            .map(|v| v.get_name().to_string())
-            .unwrap_or_default()
+        self.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
     }
 
     /// The default instance, with data and starting point drawn from `seed`.
@@ -151,38 +149,21 @@ impl ModelKind {
     pub fn instance(self, seed: u64) -> Result<ModelInstance> {
         let network = |net: Network| {
             let theta0 = net.initial_parameters(seed.wrapping_add(1000));
-            ModelInstance {
-                objective: Box::new(net.clone()),
-                finite_sum: Some(Box::new(net)),
-                theta0,
-            }
+            ModelInstance { objective: Box::new(net.clone()), finite_sum: Some(Box::new(net)), theta0 }
         };
         Ok(match self {
             ModelKind::Quadratic => {
                 let d = 12;
-                let spectrum: Vec<f64> = (0..d)
-                    .map(|i| -1.0 + 11.0 * i as f64 / (d - 1) as f64)
-                    .collect();
+                let spectrum: Vec<f64> = (0..d).map(|i| -1.0 + 11.0 * i as f64 / (d - 1) as f64).collect();
                 let q = Quadratic::with_spectrum(&spectrum, 1.0, seed)?;
-                let theta0 =
-                    Array1::from_shape_fn(d, |i| ((i as f64 + 1.0) * 0.7 + seed as f64).sin());
-                ModelInstance {
-                    objective: Box::new(q),
-                    finite_sum: None,
-                    theta0,
-                }
+                let theta0 = Array1::from_shape_fn(d, |i| ((i as f64 + 1.0) * 0.7 + seed as f64).sin());
+                ModelInstance { objective: Box::new(q), finite_sum: None, theta0 }
             }
-            ModelKind::LeastSquares => network(least_squares(
-                &data::teacher_student_regression(64, 8, 6, 3, 0.1, seed)?,
-                3,
-            )?),
-            ModelKind::Logistic => network(logistic_regression(&data::gaussian_mixture(
-                64, 6, 2, 2.0, seed,
-            )?)?),
-            ModelKind::Softmax => network(softmax_regression(
-                &data::gaussian_mixture(64, 6, 4, 3.0, seed)?,
-                4,
-            )?),
+            ModelKind::LeastSquares => {
+                network(least_squares(&data::teacher_student_regression(64, 8, 6, 3, 0.1, seed)?, 3)?)
+            }
+            ModelKind::Logistic => network(logistic_regression(&data::gaussian_mixture(64, 6, 2, 2.0, seed)?)?),
+            ModelKind::Softmax => network(softmax_regression(&data::gaussian_mixture(64, 6, 4, 3.0, seed)?, 4)?),
             ModelKind::MlpTanhMse => network(mlp(
                 &data::teacher_student_regression(48, 6, 5, 3, 0.1, seed)?,
                 &[10],
@@ -204,11 +185,9 @@ impl ModelKind {
                 Activation::Gelu,
                 OutputLoss::SoftmaxCrossEntropy,
             )?),
-            ModelKind::DeepLinear => network(deep_linear(
-                &data::low_rank_regression(48, 6, 4, 2, 0.05, seed)?,
-                &[5, 5],
-                4,
-            )?),
+            ModelKind::DeepLinear => {
+                network(deep_linear(&data::low_rank_regression(48, 6, 4, 2, 0.05, seed)?, &[5, 5], 4)?)
+            }
         })
     }
 }

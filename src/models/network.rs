@@ -84,9 +84,7 @@ impl Activation {
             Activation::Identity => 1.0,
             Activation::Tanh => 1.0 - z * z,
             Activation::Softplus => sigmoid(a),
-            Activation::Gelu => {
-                0.5 * (1.0 + libm::erf(a * INV_SQRT_2)) + a * INV_SQRT_2PI * (-0.5 * a * a).exp()
-            }
+            Activation::Gelu => 0.5 * (1.0 + libm::erf(a * INV_SQRT_2)) + a * INV_SQRT_2PI * (-0.5 * a * a).exp(),
         }
     }
 
@@ -156,12 +154,7 @@ impl NetworkSpec {
                 offset += w[1];
                 o
             });
-            layers.push(Layer {
-                fan_in: w[0],
-                fan_out: w[1],
-                weight_offset,
-                bias_offset,
-            });
+            layers.push(Layer { fan_in: w[0], fan_out: w[1], weight_offset, bias_offset });
         }
         (layers, offset)
     }
@@ -199,10 +192,7 @@ impl Network {
     /// one-hot encoded).
     pub fn new(spec: NetworkSpec, data: &Dataset) -> Result<Self> {
         if spec.input_dim == 0 || spec.output_dim == 0 || spec.hidden.contains(&0) {
-            return Err(Error::invalid(
-                "network widths",
-                "every width must be positive",
-            ));
+            return Err(Error::invalid("network widths", "every width must be positive"));
         }
         let (n, d) = data.inputs.dim();
         if n == 0 {
@@ -221,10 +211,7 @@ impl Network {
                 Targets::Classes { labels, n_classes },
             ) => {
                 if *n_classes != k {
-                    return Err(Error::invalid(
-                        "output_dim",
-                        format!("{k} outputs for {n_classes} classes"),
-                    ));
+                    return Err(Error::invalid("output_dim", format!("{k} outputs for {n_classes} classes")));
                 }
                 one_hot(labels, k)
             }
@@ -241,10 +228,7 @@ impl Network {
             }
             (OutputLoss::MeanSquaredError, Targets::Values(y)) => {
                 if y.ncols() != k {
-                    return Err(Error::invalid(
-                        "output_dim",
-                        format!("{k} outputs for {} target columns", y.ncols()),
-                    ));
+                    return Err(Error::invalid("output_dim", format!("{k} outputs for {} target columns", y.ncols())));
                 }
                 y.clone()
             }
@@ -258,20 +242,11 @@ impl Network {
                 y.clone()
             }
             (OutputLoss::SoftmaxCrossEntropy, Targets::Values(_)) => {
-                return Err(Error::invalid(
-                    "targets",
-                    "softmax cross-entropy needs class labels",
-                ));
+                return Err(Error::invalid("targets", "softmax cross-entropy needs class labels"));
             }
         };
         let (layers, dim) = spec.layers();
-        Ok(Network {
-            spec,
-            layers,
-            dim,
-            inputs: data.inputs.clone(),
-            targets,
-        })
+        Ok(Network { spec, layers, dim, inputs: data.inputs.clone(), targets })
     }
 
     /// The architecture.
@@ -318,12 +293,7 @@ impl Network {
 
     /// Classification accuracy on `inputs` with labels `labels` (argmax of the outputs; for one
     /// output, output > 0 means class 1).
-    pub fn accuracy(
-        &self,
-        theta: ArrayView1<f64>,
-        inputs: ArrayView2<f64>,
-        labels: &[usize],
-    ) -> f64 {
+    pub fn accuracy(&self, theta: ArrayView1<f64>, inputs: ArrayView2<f64>, labels: &[usize]) -> f64 {
         let out = self.outputs(theta, inputs);
         let correct = out
             .outer_iter()
@@ -334,9 +304,7 @@ impl Network {
                 } else {
                     row.iter()
                         .enumerate()
-                        .fold((0, f64::NEG_INFINITY), |best, (j, &x)| {
-                            if x > best.1 { (j, x) } else { best }
-                        })
+                        .fold((0, f64::NEG_INFINITY), |best, (j, &x)| if x > best.1 { (j, x) } else { best })
                         .0
                 };
                 predicted == **label
@@ -346,43 +314,27 @@ impl Network {
     }
 
     fn contiguous<'a>(&self, theta: ArrayView1<'a, f64>) -> CowArray<'a, f64, Ix1> {
-        assert_eq!(
-            theta.len(),
-            self.dim,
-            "parameter vector has the wrong length"
-        );
-        if theta.is_standard_layout() {
-            CowArray::from(theta)
-        } else {
-            CowArray::from(theta.to_owned())
-        }
+        assert_eq!(theta.len(), self.dim, "parameter vector has the wrong length");
+        if theta.is_standard_layout() { CowArray::from(theta) } else { CowArray::from(theta.to_owned()) }
     }
 
     fn weight<'a>(&self, theta: &'a [f64], l: usize) -> ArrayView2<'a, f64> {
         let layer = self.layers[l];
         let n = layer.fan_in * layer.fan_out;
-        ArrayView2::from_shape(
-            (layer.fan_out, layer.fan_in),
-            &theta[layer.weight_offset..layer.weight_offset + n],
-        )
-        .expect("weight block has its layer's shape")
+        ArrayView2::from_shape((layer.fan_out, layer.fan_in), &theta[layer.weight_offset..layer.weight_offset + n])
+            .expect("weight block has its layer's shape")
     }
 
     fn bias<'a>(&self, theta: &'a [f64], l: usize) -> Option<ArrayView1<'a, f64>> {
         let layer = self.layers[l];
-        layer
-            .bias_offset
-            .map(|o| ArrayView1::from(&theta[o..o + layer.fan_out]))
+        layer.bias_offset.map(|o| ArrayView1::from(&theta[o..o + layer.fan_out]))
     }
 
     fn weight_mut<'a>(&self, out: &'a mut [f64], l: usize) -> ArrayViewMut2<'a, f64> {
         let layer = self.layers[l];
         let n = layer.fan_in * layer.fan_out;
-        ArrayViewMut2::from_shape(
-            (layer.fan_out, layer.fan_in),
-            &mut out[layer.weight_offset..layer.weight_offset + n],
-        )
-        .expect("weight block has its layer's shape")
+        ArrayViewMut2::from_shape((layer.fan_out, layer.fan_in), &mut out[layer.weight_offset..layer.weight_offset + n])
+            .expect("weight block has its layer's shape")
     }
 
     /// $Z W^\top + \mathbf 1 b^\top$.
@@ -394,12 +346,7 @@ impl Network {
         a
     }
 
-    fn forward(
-        &self,
-        theta: &[f64],
-        x: ArrayView2<f64>,
-        targets: Option<ArrayView2<f64>>,
-    ) -> Forward {
+    fn forward(&self, theta: &[f64], x: ArrayView2<f64>, targets: Option<ArrayView2<f64>>) -> Forward {
         assert_eq!(x.ncols(), self.spec.input_dim, "input has the wrong width");
         let n_layers = self.layers.len();
         let mut pre = Vec::with_capacity(n_layers);
@@ -416,29 +363,17 @@ impl Network {
         let probabilities = match (targets, self.spec.loss) {
             (None, _) | (_, OutputLoss::MeanSquaredError) => None,
             (Some(_), OutputLoss::BinaryCrossEntropy) => Some(pre[n_layers - 1].mapv(sigmoid)),
-            (Some(_), OutputLoss::SoftmaxCrossEntropy) => {
-                Some(softmax_rows(pre[n_layers - 1].view()))
-            }
+            (Some(_), OutputLoss::SoftmaxCrossEntropy) => Some(softmax_rows(pre[n_layers - 1].view())),
         };
-        Forward {
-            pre,
-            post,
-            probabilities,
-        }
+        Forward { pre, post, probabilities }
     }
 
     fn output_loss(&self, fwd: &Forward, y: ArrayView2<f64>) -> f64 {
         let a = fwd.pre.last().expect("at least one layer");
         let n = a.nrows() as f64;
         let total: f64 = match self.spec.loss {
-            OutputLoss::MeanSquaredError => {
-                0.5 * Zip::from(a)
-                    .and(y)
-                    .fold(0.0, |acc, &a, &y| acc + (a - y) * (a - y))
-            }
-            OutputLoss::BinaryCrossEntropy => Zip::from(a)
-                .and(y)
-                .fold(0.0, |acc, &a, &y| acc + softplus(a) - y * a),
+            OutputLoss::MeanSquaredError => 0.5 * Zip::from(a).and(y).fold(0.0, |acc, &a, &y| acc + (a - y) * (a - y)),
+            OutputLoss::BinaryCrossEntropy => Zip::from(a).and(y).fold(0.0, |acc, &a, &y| acc + softplus(a) - y * a),
             OutputLoss::SoftmaxCrossEntropy => a
                 .outer_iter()
                 .zip(y.outer_iter())
@@ -472,18 +407,11 @@ impl Network {
     }
 
     /// $\ell''(A_L)[R]$, the output loss's Hessian applied to $R$ (row by row).
-    fn output_hessian_apply(
-        &self,
-        fwd: &Forward,
-        y: ArrayView2<f64>,
-        r: &Array2<f64>,
-    ) -> Array2<f64> {
+    fn output_hessian_apply(&self, fwd: &Forward, y: ArrayView2<f64>, r: &Array2<f64>) -> Array2<f64> {
         let n = r.nrows() as f64;
         let mut out = match (&fwd.probabilities, self.spec.loss) {
             (None, _) | (_, OutputLoss::MeanSquaredError) => r.clone(),
-            (Some(p), OutputLoss::BinaryCrossEntropy) => {
-                Zip::from(p).and(r).map_collect(|&p, &r| p * (1.0 - p) * r)
-            }
+            (Some(p), OutputLoss::BinaryCrossEntropy) => Zip::from(p).and(r).map_collect(|&p, &r| p * (1.0 - p) * r),
             (Some(p), OutputLoss::SoftmaxCrossEntropy) => {
                 let pr = p * r;
                 let dot = pr.sum_axis(Axis(1)).insert_axis(Axis(1));
@@ -496,20 +424,13 @@ impl Network {
     }
 
     /// $\ell'''(A_L)[R, S]$, the output loss's third derivative contracted with $R$ and $S$.
-    fn output_third_apply(
-        &self,
-        fwd: &Forward,
-        y: ArrayView2<f64>,
-        r: &Array2<f64>,
-        q: &Array2<f64>,
-    ) -> Array2<f64> {
+    fn output_third_apply(&self, fwd: &Forward, y: ArrayView2<f64>, r: &Array2<f64>, q: &Array2<f64>) -> Array2<f64> {
         let n = r.nrows() as f64;
         let mut out = match (&fwd.probabilities, self.spec.loss) {
             (None, _) | (_, OutputLoss::MeanSquaredError) => Array2::zeros(r.raw_dim()),
-            (Some(p), OutputLoss::BinaryCrossEntropy) => Zip::from(p)
-                .and(r)
-                .and(q)
-                .map_collect(|&p, &r, &q| p * (1.0 - p) * (1.0 - 2.0 * p) * r * q),
+            (Some(p), OutputLoss::BinaryCrossEntropy) => {
+                Zip::from(p).and(r).and(q).map_collect(|&p, &r, &q| p * (1.0 - p) * (1.0 - 2.0 * p) * r * q)
+            }
             (Some(p), OutputLoss::SoftmaxCrossEntropy) => {
                 // p.r.q - (p.r)(p.q) - (p.q)(p.r) - p (p.(r q)) + 2 p (p.r)(p.q), rowwise dots.
                 let row_dot = |a: &Array2<f64>| a.sum_axis(Axis(1)).insert_axis(Axis(1));
@@ -529,13 +450,7 @@ impl Network {
 
     /// Writes $\Delta^\top Z$ into the weight block and $\Delta^\top\mathbf 1$ into the bias block
     /// of layer `l` of `out`.
-    fn write_layer_gradient(
-        &self,
-        out: &mut [f64],
-        l: usize,
-        delta: ArrayView2<f64>,
-        z_prev: ArrayView2<f64>,
-    ) {
+    fn write_layer_gradient(&self, out: &mut [f64], l: usize, delta: ArrayView2<f64>, z_prev: ArrayView2<f64>) {
         general_mat_mul(1.0, &delta.t(), &z_prev, 0.0, &mut self.weight_mut(out, l));
         if let Some(o) = self.layers[l].bias_offset {
             let gb = delta.sum_axis(Axis(0));
@@ -546,13 +461,7 @@ impl Network {
     }
 
     /// Backpropagates $\Delta_L$ through the layers.
-    fn backward(
-        &self,
-        theta: &[f64],
-        x: ArrayView2<f64>,
-        fwd: &Forward,
-        delta_out: Array2<f64>,
-    ) -> Array1<f64> {
+    fn backward(&self, theta: &[f64], x: ArrayView2<f64>, fwd: &Forward, delta_out: Array2<f64>) -> Array1<f64> {
         let mut grad = vec![0.0; self.dim];
         let mut delta = delta_out;
         let act = self.spec.activation;
@@ -608,20 +517,11 @@ impl Network {
             let z_prev = if l == 0 { x } else { fwd.post[l - 1].view() };
             let mut ra = Self::affine(z_prev, self.weight(v, l), self.bias(v, l));
             if l > 0 {
-                general_mat_mul(
-                    1.0,
-                    &r_post[l - 1],
-                    &self.weight(theta, l).t(),
-                    1.0,
-                    &mut ra,
-                );
+                general_mat_mul(1.0, &r_post[l - 1], &self.weight(theta, l).t(), 1.0, &mut ra);
             }
             if l + 1 < n_layers {
                 let mut rz = ra.clone();
-                Zip::from(&mut rz)
-                    .and(&fwd.pre[l])
-                    .and(&fwd.post[l])
-                    .for_each(|r, &a, &z| *r *= act.first(a, z));
+                Zip::from(&mut rz).and(&fwd.pre[l]).and(&fwd.post[l]).for_each(|r, &a, &z| *r *= act.first(a, z));
                 r_post.push(rz);
             }
             r_pre.push(ra);
@@ -644,8 +544,7 @@ impl Network {
         let fwd = self.forward(theta, x, Some(y));
         let (r_pre, r_post) = self.r_forward(theta, v, x, &fwd);
         let mut delta = self.output_delta(&fwd, y);
-        let mut r_delta =
-            self.output_hessian_apply(&fwd, y, r_pre.last().expect("at least one layer"));
+        let mut r_delta = self.output_hessian_apply(&fwd, y, r_pre.last().expect("at least one layer"));
         let mut out = vec![0.0; self.dim];
         for l in (0..self.layers.len()).rev() {
             let z_prev = if l == 0 { x } else { fwd.post[l - 1].view() };
@@ -655,30 +554,18 @@ impl Network {
             }
             // R Z_0 = 0: the Delta^T R Z term exists only above the first layer, and only in
             // the weights (R of the bias gradient is the column sum of R Delta alone).
-            general_mat_mul(
-                1.0,
-                &delta.t(),
-                &r_post[l - 1],
-                1.0,
-                &mut self.weight_mut(&mut out, l),
-            );
+            general_mat_mul(1.0, &delta.t(), &r_post[l - 1], 1.0, &mut self.weight_mut(&mut out, l));
             let w = self.weight(theta, l);
             let dw = delta.dot(&w);
             let mut next_r = r_delta.dot(&w);
             general_mat_mul(1.0, &delta, &self.weight(v, l), 1.0, &mut next_r);
-            Zip::from(&mut next_r)
-                .and(&dw)
-                .and(&fwd.pre[l - 1])
-                .and(&fwd.post[l - 1])
-                .and(&r_pre[l - 1])
-                .for_each(|nr, &dw, &a, &z, &ra| {
+            Zip::from(&mut next_r).and(&dw).and(&fwd.pre[l - 1]).and(&fwd.post[l - 1]).and(&r_pre[l - 1]).for_each(
+                |nr, &dw, &a, &z, &ra| {
                     *nr = act.second(a, z) * ra * dw + act.first(a, z) * *nr;
-                });
+                },
+            );
             let mut next = dw;
-            Zip::from(&mut next)
-                .and(&fwd.pre[l - 1])
-                .and(&fwd.post[l - 1])
-                .for_each(|d, &a, &z| *d *= act.first(a, z));
+            Zip::from(&mut next).and(&fwd.pre[l - 1]).and(&fwd.post[l - 1]).for_each(|d, &a, &z| *d *= act.first(a, z));
             delta = next;
             r_delta = next_r;
         }
@@ -687,12 +574,7 @@ impl Network {
 
     /// Exact $D^3L[u, v]$ for a network without hidden layers, where $A = XW^\top + \mathbf 1 b^\top$
     /// is linear in the parameters: $D^3L[u,v] = J^\top \ell'''(A)[RA_u, RA_v]$.
-    fn third_derivative_linear(
-        &self,
-        theta: ArrayView1<f64>,
-        u: ArrayView1<f64>,
-        v: ArrayView1<f64>,
-    ) -> Array1<f64> {
+    fn third_derivative_linear(&self, theta: ArrayView1<f64>, u: ArrayView1<f64>, v: ArrayView1<f64>) -> Array1<f64> {
         let theta = self.contiguous(theta);
         let theta = theta.as_slice().expect("standard layout");
         let u = self.contiguous(u);
@@ -717,10 +599,7 @@ impl Network {
     }
 
     fn batch_rows(&self, batch: &[usize]) -> (Array2<f64>, Array2<f64>) {
-        (
-            self.inputs.select(Axis(0), batch),
-            self.targets.select(Axis(0), batch),
-        )
+        (self.inputs.select(Axis(0), batch), self.targets.select(Axis(0), batch))
     }
 }
 
@@ -760,12 +639,7 @@ impl Objective for Network {
     fn hvp(&self, theta: ArrayView1<f64>, v: ArrayView1<f64>) -> Array1<f64> {
         self.hvp_on(theta, v, self.inputs.view(), self.targets.view())
     }
-    fn third_derivative(
-        &self,
-        theta: ArrayView1<f64>,
-        u: ArrayView1<f64>,
-        v: ArrayView1<f64>,
-    ) -> Array1<f64> {
+    fn third_derivative(&self, theta: ArrayView1<f64>, u: ArrayView1<f64>, v: ArrayView1<f64>) -> Array1<f64> {
         if self.spec.hidden.is_empty() {
             self.third_derivative_linear(theta, u, v)
         } else {
@@ -786,12 +660,7 @@ impl FiniteSum for Network {
         let (x, y) = self.batch_rows(batch);
         self.loss_and_gradient_on(theta, x.view(), y.view()).1
     }
-    fn batch_hvp(
-        &self,
-        theta: ArrayView1<f64>,
-        batch: &[usize],
-        v: ArrayView1<f64>,
-    ) -> Array1<f64> {
+    fn batch_hvp(&self, theta: ArrayView1<f64>, batch: &[usize], v: ArrayView1<f64>) -> Array1<f64> {
         let (x, y) = self.batch_rows(batch);
         self.hvp_on(theta, v, x.view(), y.view())
     }
@@ -803,24 +672,15 @@ mod tests {
 
     #[test]
     fn activation_derivatives_match_differences() {
-        for act in [
-            Activation::Identity,
-            Activation::Tanh,
-            Activation::Softplus,
-            Activation::Gelu,
-        ] {
+        for act in [Activation::Identity, Activation::Tanh, Activation::Softplus, Activation::Gelu] {
             for &a in &[-3.0, -0.7, 0.0, 0.4, 2.5] {
                 let h = 1e-5;
                 let z = act.value(a);
                 let d1 = (act.value(a + h) - act.value(a - h)) / (2.0 * h);
-                let d2 = (act.first(a + h, act.value(a + h)) - act.first(a - h, act.value(a - h)))
-                    / (2.0 * h);
+                let d2 = (act.first(a + h, act.value(a + h)) - act.first(a - h, act.value(a - h))) / (2.0 * h);
                 // Central differences with h = 1e-5 on O(1) functions: error ~1e-10.
                 assert!((act.first(a, z) - d1).abs() < 1e-8, "{act:?} first at {a}");
-                assert!(
-                    (act.second(a, z) - d2).abs() < 1e-8,
-                    "{act:?} second at {a}"
-                );
+                assert!((act.second(a, z) - d2).abs() < 1e-8, "{act:?} second at {a}");
             }
         }
     }

@@ -29,34 +29,21 @@ impl Quadratic {
     pub fn new(a: Array2<f64>, b: Array1<f64>) -> Result<Self> {
         let (r, c) = a.dim();
         if r != c {
-            return Err(Error::invalid(
-                "a",
-                format!("matrix is {r}x{c}, not square"),
-            ));
+            return Err(Error::invalid("a", format!("matrix is {r}x{c}, not square")));
         }
         if b.len() != r {
-            return Err(Error::invalid(
-                "b",
-                format!("length {} does not match the {r}x{r} matrix", b.len()),
-            ));
+            return Err(Error::invalid("b", format!("length {} does not match the {r}x{r} matrix", b.len())));
         }
         if a.iter().chain(b.iter()).any(|x| !x.is_finite()) {
             return Err(Error::invalid("a", "entries must be finite"));
         }
-        let scale = a
-            .iter()
-            .fold(0.0f64, |m, x| m.max(x.abs()))
-            .max(f64::MIN_POSITIVE);
+        let scale = a.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(f64::MIN_POSITIVE);
         for i in 0..r {
             for j in 0..i {
                 if (a[[i, j]] - a[[j, i]]).abs() > 1e-12 * scale {
                     return Err(Error::invalid(
                         "a",
-                        format!(
-                            "not symmetric: a[{i},{j}] = {} but a[{j},{i}] = {}",
-                            a[[i, j]],
-                            a[[j, i]]
-                        ),
+                        format!("not symmetric: a[{i},{j}] = {} but a[{j},{i}] = {}", a[[i, j]], a[[j, i]]),
                     ));
                 }
             }
@@ -73,10 +60,7 @@ impl Quadratic {
     pub fn with_spectrum(eigenvalues: &[f64], b_scale: f64, seed: u64) -> Result<Self> {
         let d = eigenvalues.len();
         if d == 0 || eigenvalues.iter().any(|x| !x.is_finite()) {
-            return Err(Error::invalid(
-                "eigenvalues",
-                "need at least one, all finite",
-            ));
+            return Err(Error::invalid("eigenvalues", "need at least one, all finite"));
         }
         let q = random_orthogonal(d, seed)?;
         let lam = Array1::from(eigenvalues.to_vec());
@@ -131,12 +115,7 @@ impl Objective for Quadratic {
     fn hvp(&self, _theta: ArrayView1<f64>, v: ArrayView1<f64>) -> Array1<f64> {
         self.a.dot(&v)
     }
-    fn third_derivative(
-        &self,
-        _theta: ArrayView1<f64>,
-        _u: ArrayView1<f64>,
-        _v: ArrayView1<f64>,
-    ) -> Array1<f64> {
+    fn third_derivative(&self, _theta: ArrayView1<f64>, _u: ArrayView1<f64>, _v: ArrayView1<f64>) -> Array1<f64> {
         Array1::zeros(self.dim())
     }
     fn hessian(&self, _theta: ArrayView1<f64>) -> Array2<f64> {

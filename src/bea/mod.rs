@@ -1,0 +1,604 @@
+//! Backward-error analysis, measured: modified vector fields of GD, SGD and momentum, and the
+//! measurements that recover their orders and coefficients from iterates.
+//!
+//! Notation: $g = \nabla L$, $H = \nabla^2 L$, step size $h$. The claims checked here (see
+//! `docs/theory.md` for the derivations):
+//! - one GD step $\theta - hg$ agrees with the flow of $-g$ to $O(h^2)$, with the flow of
+//!   $-g - \frac h2 Hg$ (the gradient flow of $L + \frac h4\|g\|^2$) to $O(h^3)$, and with
+//!   $-g - \frac h2 Hg - h^2(\frac13 H^2 g + \frac1{12} D^3L[g,g])$ to $O(h^4)$;
+//! - one epoch of SGD over $m$ minibatches, averaged over the orderings, follows the flow of
+//!   $L + \frac{h}{4m}\sum_k\|\nabla L_k\|^2$ for time $mh$ to $O(h^3)$;
+//! - heavy-ball and Nesterov momentum $\beta$ follow
+//!   $-\frac{1}{1-\beta}\nabla\big(L + c\,h\,\|g\|^2\big)$ on their slow manifold, with a
+//!   coefficient $c$ that is measured here and compared with the published claims.
+//!
+//! Every reference flow is integrated with Dormand-Prince 5(4) at tolerance $10^{-12}$ and
+//! again at $10^{-10}$; the difference bounds the reference's error, and each measurement
+//! reports the largest ratio of that bound to the error it measures.
+
+mod suite;
+
+pub use suite::{Check, SuiteModel, SuiteParams, run_suite, suite_models};
+
+use itertools::Itertools;
+use ndarray::{Array1, ArrayView1};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::integrate::{AdaptiveParams, Field, dormand_prince};
+use crate::objective::{FiniteSum, Objective};
+use crate::optim::{Momentum, MomentumStep};
+use crate::stats::{LinearFit, linear_fit, log_log_fit, mean_and_stderr};
+use crate::{Error, Result};
+
+/// Which flow a GD step is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GdFlow {
+    /// Gradient flow $\dot\theta = -g$.
+    Plain,
+    /// First-order modified flow $\dot\theta = -g - \frac h2 Hg$.
+    FirstOrder,
+    /// Second-order modified flow $\dot\theta = -g - \frac h2 Hg - h^2(\frac13 H^2g + \frac1{12}D^3L[g,g])$.
+    SecondOrder,
+}
+
+impl GdFlow {
+    /// The local order of agreement with one GD step: the one-step error is $O(h^{p})$.
+    pub fn local_order(self) -> f64 {
+        match self {
+            GdFlow::Plain => 2.0,
+            GdFlow::FirstOrder => 3.0,
+            GdFlow::SecondOrder => 4.0,
+        }
+    }
+}
+
+fn norm(x: &Array1<f64>) -> f64 {
+    x.dot(x).sqrt()
+}
+
+/// The vector field of `flow` for step size `h` on `obj`.
+pub fn gd_modified_field<'a, O: Objective + ?Sized>(obj: &'a O, flow: GdFlow, h: f64) -> Box<Field<'a>> {
+    Box::new(move |theta: ArrayView1<f64>| {
+        let g = obj.gradient(theta);
+        match flow {
+            GdFlow::Plain => -g,
+            GdFlow::FirstOrder => {
+                let hg = obj.hvp(theta, g.view());
+                -(g + hg * (h / 2.0))
+            }
+            GdFlow::SecondOrder => {
+                let hg = obj.hvp(theta, g.view());
+                let hhg = obj.hvp(theta, hg.view());
+                let d3 = obj.third_derivative(theta, g.view(), g.view());
+                -(g + hg * (h / 2.0) + (hhg / 3.0 + d3 / 12.0) * (h * h))
+            }
+        }
+    })
+}
+
+/// Gradient flow of $L$ scaled by `speed`: $\dot\theta = -\text{speed}\cdot g$.
+pub fn scaled_gradient_field<'a, O: Objective + ?Sized>(obj: &'a O, speed: f64) -> Box<Field<'a>> {
+    Box::new(move |theta: ArrayView1<f64>| obj.gradient(theta) * (-speed))
+}
+
+/// The mean gradient over `batches` and $\sum_k H_k g_k$ (with $g_k$, $H_k$ the gradient and
+/// Hessian of minibatch $k$).
+fn batch_gradient_and_curvature<O: FiniteSum + ?Sized>(
+    obj: &O,
+    theta: ArrayView1<f64>,
+    batches: &[Vec<usize>],
+) -> (Array1<f64>, Array1<f64>) {
+    let mut g = Array1::zeros(obj.dim());
+    let mut s = Array1::zeros(obj.dim());
+    for b in batches {
+        let gk = obj.batch_gradient(theta, b);
+        s += &obj.batch_hvp(theta, b, gk.view());
+        g += &gk;
+    }
+    (g / batches.len() as f64, s)
+}
+
+/// SGD's modified flow for minibatches `batches` (equal sizes, a partition of the data) and
+/// step `h`: the gradient flow of $L + \frac{h}{4m}\sum_k \|\nabla L_k\|^2$,
+/// $\dot\theta = -g - \frac{h}{2m}\sum_k H_k g_k$ (Smith, Dherin, Barrett & De 2021), with $g$ the
+/// mean of the minibatch gradients.
+pub fn sgd_modified_field<'a, O: FiniteSum + ?Sized>(obj: &'a O, batches: &'a [Vec<usize>], h: f64) -> Box<Field<'a>> {
+    let m = batches.len() as f64;
+    Box::new(move |theta: ArrayView1<f64>| {
+        let (g, s) = batch_gradient_and_curvature(obj, theta, batches);
+        -(g + s * (h / (2.0 * m)))
+    })
+}
+
+/// The published coefficient $c$ of the momentum modified loss $L + c\,h\|g\|^2$ (flow
+/// $\dot\theta = -\frac1{1-\beta}\nabla(\cdot)$): $\frac14$ without momentum,
+/// $\frac{1+\beta}{4(1-\beta)^2}$ for heavy ball (Ghosh et al. 2023), and
+/// $\frac{1-\beta+2\beta^2}{4(1-\beta)^2}$ for PyTorch's Nesterov.
+pub fn momentum_coefficient_claim(momentum: Momentum) -> f64 {
+    match momentum {
+        Momentum::None => 0.25,
+        Momentum::HeavyBall(b) => (1.0 + b) / (4.0 * (1.0 - b).powi(2)),
+        Momentum::Nesterov(b) => (1.0 - b + 2.0 * b * b) / (4.0 * (1.0 - b).powi(2)),
+    }
+}
+
+/// A reference flow and a bound on its error.
+#[derive(Debug, Clone)]
+pub struct ReferenceFlow {
+    /// $\varphi_t(\theta)$ at the tight tolerance.
+    pub state: Array1<f64>,
+    /// $\|\varphi^{\text{tight}} - \varphi^{\text{loose}}\|$, with the loose run at 100x the
+    /// tolerances: a (pessimistic) bound on the tight run's error.
+    pub error_bound: f64,
+}
+
+/// Integrates `field` from `theta` over time `t` at `params` and at 100x looser tolerances.
+///
+/// # Errors
+/// As [`dormand_prince`].
+pub fn reference_flow(field: &Field, theta: ArrayView1<f64>, t: f64, params: &AdaptiveParams) -> Result<ReferenceFlow> {
+    let (state, _) = dormand_prince(field, theta, t, params)?;
+    let loose = AdaptiveParams { rtol: params.rtol * 100.0, atol: params.atol * 100.0, ..params.clone() };
+    let (other, _) = dormand_prince(field, theta, t, &loose)?;
+    let error_bound = norm(&(&state - &other));
+    Ok(ReferenceFlow { state, error_bound })
+}
+
+/// Errors of an iteration against a flow for a sequence of step sizes, and the fitted order.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderMeasurement {
+    /// Step sizes.
+    pub hs: Vec<f64>,
+    /// $\|\text{iterate} - \text{flow}\|$ for each step size.
+    pub errors: Vec<f64>,
+    /// Least squares of $\log(\text{error})$ on $\log h$: the slope is the measured order.
+    pub fit: LinearFit,
+    /// $\max_h$ (reference error bound / measured error): the reference is trustworthy when
+    /// this is far below 1.
+    pub reference_error_ratio: f64,
+}
+
+fn order_measurement(hs: &[f64], errors: Vec<f64>, ratios: &[f64]) -> Result<OrderMeasurement> {
+    let fit = log_log_fit(hs, &errors)
+        .ok_or_else(|| Error::invalid("hs", "need at least two distinct step sizes with non-zero errors"))?;
+    Ok(OrderMeasurement {
+        hs: hs.to_vec(),
+        errors,
+        fit,
+        reference_error_ratio: ratios.iter().cloned().fold(0.0, f64::max),
+    })
+}
+
+/// One-step error $\|\theta - hg(\theta) - \varphi^{\text{flow}}_h(\theta)\|$ for each `h`.
+///
+/// # Errors
+/// As [`reference_flow`], or fewer than two usable step sizes.
+pub fn gd_local_order<O: Objective + ?Sized>(
+    obj: &O,
+    theta: ArrayView1<f64>,
+    flow: GdFlow,
+    hs: &[f64],
+    params: &AdaptiveParams,
+) -> Result<OrderMeasurement> {
+    let g = obj.gradient(theta);
+    let mut errors = Vec::new();
+    let mut ratios = Vec::new();
+    for &h in hs {
+        let step = &theta - &(&g * h);
+        let reference = reference_flow(&gd_modified_field(obj, flow, h), theta, h, params)?;
+        let e = norm(&(step - &reference.state));
+        ratios.push(reference.error_bound / e);
+        errors.push(e);
+    }
+    order_measurement(hs, errors, &ratios)
+}
+
+/// Global error at time `horizon` after $N$ GD steps of size $h = \text{horizon}/N$, for each
+/// $N$ in `step_counts`, against `flow`: $O(h)$ for the plain flow, $O(h^2)$ for the first-order
+/// modified flow.
+///
+/// # Errors
+/// As [`reference_flow`], or fewer than two usable step counts.
+pub fn gd_global_order<O: Objective + ?Sized>(
+    obj: &O,
+    theta: ArrayView1<f64>,
+    flow: GdFlow,
+    horizon: f64,
+    step_counts: &[usize],
+    params: &AdaptiveParams,
+) -> Result<OrderMeasurement> {
+    let mut hs = Vec::new();
+    let mut errors = Vec::new();
+    let mut ratios = Vec::new();
+    for &n in step_counts {
+        let h = horizon / n as f64;
+        let mut x = theta.to_owned();
+        for _ in 0..n {
+            let g = obj.gradient(x.view());
+            x.scaled_add(-h, &g);
+        }
+        let reference = reference_flow(&gd_modified_field(obj, flow, h), theta, horizon, params)?;
+        let e = norm(&(x - &reference.state));
+        hs.push(h);
+        ratios.push(reference.error_bound / e);
+        errors.push(e);
+    }
+    order_measurement(&hs, errors, &ratios)
+}
+
+/// A coefficient measured at several step sizes and extrapolated to $h \to 0$.
+#[derive(Debug, Clone, Serialize)]
+pub struct CoefficientMeasurement {
+    /// Step sizes.
+    pub hs: Vec<f64>,
+    /// The coefficient measured at each step size, $c(h) = c + O(h)$.
+    pub per_h: Vec<f64>,
+    /// The extrapolated coefficient (intercept of the line through $(h, c(h))$, or the mean of
+    /// per-ordering intercepts for sampled orderings).
+    pub estimate: f64,
+    /// Its standard error.
+    pub stderr: f64,
+    /// At the smallest $h$: the part of the measured displacement not along the regressor,
+    /// relative to the displacement ($O(h)$ when the modified field is along the regressor).
+    pub unexplained: f64,
+    /// As in [`OrderMeasurement::reference_error_ratio`].
+    pub reference_error_ratio: f64,
+}
+
+/// $-\langle r, d\rangle / (\text{scale}\cdot\|d\|^2)$ and $\|r - \mathrm{proj}_d r\|/\|r\|$.
+fn project(r: &Array1<f64>, d: &Array1<f64>, scale: f64) -> (f64, f64) {
+    let dd = d.dot(d);
+    let a = r.dot(d) / dd;
+    let residual = norm(&(r - &(d * a))) / norm(r).max(f64::MIN_POSITIVE);
+    (-a / scale, residual)
+}
+
+fn extrapolate(hs: &[f64], per_h: &[f64]) -> Result<(f64, f64)> {
+    let fit = linear_fit(hs, per_h).ok_or_else(|| Error::invalid("hs", "need at least two distinct step sizes"))?;
+    Ok((fit.intercept, fit.intercept_stderr))
+}
+
+/// GD's implicit-regulariser coefficient, derived from iterates: with
+/// $r(h) = \theta - hg - \varphi^{\text{plain}}_h(\theta) = -2c\,h^2 Hg + O(h^3)$,
+/// $c(h) = -\langle r, Hg\rangle / (2h^2\|Hg\|^2)$, extrapolated linearly to $h = 0$.
+/// Backward-error analysis predicts $c = 1/4$ (the modified loss $L + \frac h4\|g\|^2$).
+///
+/// # Errors
+/// As [`reference_flow`]; [`Error::InvalidParameter`] if $Hg = 0$.
+pub fn gd_coefficient<O: Objective + ?Sized>(
+    obj: &O,
+    theta: ArrayView1<f64>,
+    hs: &[f64],
+    params: &AdaptiveParams,
+) -> Result<CoefficientMeasurement> {
+    let g = obj.gradient(theta);
+    let hg = obj.hvp(theta, g.view());
+    if norm(&hg) == 0.0 {
+        return Err(Error::invalid("theta", "H g = 0: no implicit regulariser to measure"));
+    }
+    let field = gd_modified_field(obj, GdFlow::Plain, 0.0);
+    let mut per_h = Vec::new();
+    let mut unexplained = f64::NAN;
+    let mut ratio: f64 = 0.0;
+    let mut smallest = f64::INFINITY;
+    for &h in hs {
+        let reference = reference_flow(&field, theta, h, params)?;
+        let r = &theta - &(&g * h) - &reference.state;
+        let (c, res) = project(&r, &hg, 2.0 * h * h);
+        ratio = ratio.max(reference.error_bound / norm(&r));
+        if h < smallest {
+            smallest = h;
+            unexplained = res;
+        }
+        per_h.push(c);
+    }
+    let (estimate, stderr) = extrapolate(hs, &per_h)?;
+    Ok(CoefficientMeasurement { hs: hs.to_vec(), per_h, estimate, stderr, unexplained, reference_error_ratio: ratio })
+}
+
+/// Which orderings of the minibatches an SGD epoch is averaged over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Orderings {
+    /// All $m!$ orderings (exact average).
+    All,
+    /// `count` orderings drawn uniformly at random (seeded).
+    Sampled {
+        /// How many.
+        count: usize,
+        /// Seed.
+        seed: u64,
+    },
+}
+
+/// The orderings of `m` minibatches to average over.
+pub fn orderings(m: usize, which: Orderings) -> Vec<Vec<usize>> {
+    match which {
+        Orderings::All => (0..m).permutations(m).collect(),
+        Orderings::Sampled { count, seed } => {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            (0..count)
+                .map(|_| {
+                    let mut p: Vec<usize> = (0..m).collect();
+                    p.shuffle(&mut rng);
+                    p
+                })
+                .collect()
+        }
+    }
+}
+
+/// One epoch of SGD: a step of size `h` on each minibatch in `order`.
+pub fn sgd_epoch<O: FiniteSum + ?Sized>(
+    obj: &O,
+    theta: ArrayView1<f64>,
+    batches: &[Vec<usize>],
+    order: &[usize],
+    h: f64,
+) -> Array1<f64> {
+    let mut x = theta.to_owned();
+    for &k in order {
+        let g = obj.batch_gradient(x.view(), &batches[k]);
+        x.scaled_add(-h, &g);
+    }
+    x
+}
+
+/// `m` minibatches of `n / m` examples each: a seeded random partition of `0..n`.
+///
+/// # Errors
+/// [`Error::InvalidParameter`] unless $m \ge 1$ divides $n$ (otherwise $L$ is not the mean of
+/// the minibatch losses).
+pub fn equal_partition(n: usize, m: usize, seed: u64) -> Result<Vec<Vec<usize>>> {
+    if m == 0 || n % m != 0 {
+        return Err(Error::invalid("minibatches", format!("{m} minibatches do not divide {n} examples equally")));
+    }
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    Ok(idx.chunks(n / m).map(<[usize]>::to_vec).collect())
+}
+
+/// SGD's implicit-regulariser coefficient and its split.
+#[derive(Debug, Clone, Serialize)]
+pub struct SgdMeasurement {
+    /// Number of minibatches $m$.
+    pub minibatches: usize,
+    /// Orderings averaged over.
+    pub orderings: usize,
+    /// Whether all $m!$ orderings were used (exact average).
+    pub exact: bool,
+    /// $\kappa$ in $L + \kappa h \sum_k\|\nabla L_k\|^2$; predicted $\frac1{4m}$.
+    pub coefficient: CoefficientMeasurement,
+    /// The displacement regressed on $mHg$ (GD's part, from $\frac h4\|g\|^2$) and on
+    /// $\sum_k H_k(g_k - g)$ (the minibatch-variance part, from $\frac{h}{4m}\sum_k\|g_k-g\|^2$):
+    /// the first weight, extrapolated; predicted 1.
+    pub gd_part: f64,
+    /// The second weight, extrapolated; predicted 1.
+    pub variance_part: f64,
+    /// Standard errors of the two weights.
+    pub part_stderr: (f64, f64),
+}
+
+/// Measures SGD's coefficient from averaged epochs: with
+/// $\bar r(h) = \overline{\theta_{\text{epoch}}} - \varphi^{\text{plain}}_{mh}(\theta) = -\frac{h^2}{2}\sum_k H_k g_k + O(h^3)$,
+/// $\kappa(h) = -\langle \bar r, S\rangle / (2mh^2\|S\|^2)$, $S = \sum_k H_k g_k$, extrapolated to
+/// $h = 0$. With sampled orderings each ordering's $\kappa$ is extrapolated separately and the
+/// standard error is that of their mean.
+///
+/// # Errors
+/// As [`reference_flow`]; [`Error::InvalidParameter`] for degenerate inputs.
+pub fn sgd_coefficient<O: FiniteSum + ?Sized>(
+    obj: &O,
+    theta: ArrayView1<f64>,
+    batches: &[Vec<usize>],
+    hs: &[f64],
+    which: Orderings,
+    params: &AdaptiveParams,
+) -> Result<SgdMeasurement> {
+    let m = batches.len();
+    let mf = m as f64;
+    let orders = orderings(m, which);
+    if orders.is_empty() {
+        return Err(Error::invalid("orderings", "need at least one ordering"));
+    }
+    let (g, s) = batch_gradient_and_curvature(obj, theta, batches);
+    let u = obj.hvp(theta, g.view()) * mf;
+    let w = &s - &u;
+    if norm(&s) == 0.0 {
+        return Err(Error::invalid("theta", "sum_k H_k g_k = 0: no implicit regulariser to measure"));
+    }
+    let plain = scaled_gradient_field(obj, 1.0);
+    let mut per_h = Vec::new();
+    let mut per_order: Vec<Vec<f64>> = vec![Vec::new(); orders.len()];
+    let mut parts: Vec<(f64, f64)> = Vec::new();
+    let mut ratio: f64 = 0.0;
+    let mut unexplained = f64::NAN;
+    let mut smallest = f64::INFINITY;
+    for &h in hs {
+        let reference = reference_flow(&plain, theta, mf * h, params)?;
+        let mut mean_r = Array1::<f64>::zeros(obj.dim());
+        for (i, order) in orders.iter().enumerate() {
+            let r = sgd_epoch(obj, theta, batches, order, h) - &reference.state;
+            per_order[i].push(project(&r, &s, 2.0 * mf * h * h).0);
+            mean_r += &r;
+        }
+        mean_r /= orders.len() as f64;
+        let (kappa, res) = project(&mean_r, &s, 2.0 * mf * h * h);
+        ratio = ratio.max(reference.error_bound / norm(&mean_r));
+        if h < smallest {
+            smallest = h;
+            unexplained = res;
+        }
+        per_h.push(kappa);
+        // Two-regressor least squares of -2 r / h^2 on [u, w].
+        let y = &mean_r * (-2.0 / (h * h));
+        let (uu, uw, ww) = (u.dot(&u), u.dot(&w), w.dot(&w));
+        let (uy, wy) = (u.dot(&y), w.dot(&y));
+        let det = uu * ww - uw * uw;
+        parts.push(if det > 0.0 {
+            ((ww * uy - uw * wy) / det, (uu * wy - uw * uy) / det)
+        } else {
+            (f64::NAN, f64::NAN)
+        });
+    }
+    let exact = matches!(which, Orderings::All);
+    let (estimate, stderr) = if exact {
+        extrapolate(hs, &per_h)?
+    } else {
+        let intercepts: Vec<f64> = per_order.iter().map(|c| extrapolate(hs, c).map(|e| e.0)).collect::<Result<_>>()?;
+        mean_and_stderr(&intercepts)
+    };
+    let (gd_part, gd_se) = extrapolate(hs, &parts.iter().map(|p| p.0).collect::<Vec<_>>())?;
+    let (variance_part, var_se) = extrapolate(hs, &parts.iter().map(|p| p.1).collect::<Vec<_>>())?;
+    Ok(SgdMeasurement {
+        minibatches: m,
+        orderings: orders.len(),
+        exact,
+        coefficient: CoefficientMeasurement {
+            hs: hs.to_vec(),
+            per_h,
+            estimate,
+            stderr,
+            unexplained,
+            reference_error_ratio: ratio,
+        },
+        gd_part,
+        variance_part,
+        part_stderr: (gd_se, var_se),
+    })
+}
+
+/// Error of the ordering-averaged SGD epoch against the flow of SGD's modified loss over time
+/// $mh$ (`modified = true`, expected $O(h^3)$) or of $L$ (`false`, expected $O(h^2)$).
+///
+/// # Errors
+/// As [`reference_flow`].
+pub fn sgd_epoch_order<O: FiniteSum + ?Sized>(
+    obj: &O,
+    theta: ArrayView1<f64>,
+    batches: &[Vec<usize>],
+    hs: &[f64],
+    modified: bool,
+    which: Orderings,
+    params: &AdaptiveParams,
+) -> Result<OrderMeasurement> {
+    let m = batches.len() as f64;
+    let orders = orderings(batches.len(), which);
+    let mut errors = Vec::new();
+    let mut ratios = Vec::new();
+    for &h in hs {
+        let field = if modified { sgd_modified_field(obj, batches, h) } else { sgd_modified_field(obj, batches, 0.0) };
+        let reference = reference_flow(&field, theta, m * h, params)?;
+        let mut mean = Array1::<f64>::zeros(obj.dim());
+        for order in &orders {
+            mean += &sgd_epoch(obj, theta, batches, order, h);
+        }
+        mean /= orders.len() as f64;
+        let e = norm(&(mean - &reference.state));
+        ratios.push(reference.error_bound / e);
+        errors.push(e);
+    }
+    order_measurement(hs, errors, &ratios)
+}
+
+/// Steps of burn-in after which the fast mode of momentum $\beta$ has decayed below $10^{-9}$
+/// of its start: $\lceil \ln 10^{-9} / \ln\beta \rceil$.
+pub fn momentum_burn_in(beta: f64) -> usize {
+    if beta <= 0.0 { 0 } else { ((1e-9f64).ln() / beta.ln()).ceil() as usize }
+}
+
+/// The momentum coefficient $c$, derived from iterates on the slow manifold. Start with the
+/// buffer at its slow-manifold value $g/(1-\beta)$ (to first order), run
+/// [`momentum_burn_in`] steps so the fast mode ($\propto\beta^t$) is gone, then compare one more
+/// step with the flow of $-g/(1-\beta)$ over time $h$:
+/// $r = \theta_{t+1} - \varphi_h(\theta_t) = -\frac{2c}{1-\beta}h^2 Hg + O(h^3)$, so
+/// $c(h) = -(1-\beta)\langle r, Hg\rangle/(2h^2\|Hg\|^2)$, extrapolated to $h = 0$.
+///
+/// # Errors
+/// As [`reference_flow`]; [`Error::InvalidParameter`] without momentum.
+pub fn momentum_coefficient<O: Objective + ?Sized>(
+    obj: &O,
+    theta: ArrayView1<f64>,
+    momentum: Momentum,
+    hs: &[f64],
+    params: &AdaptiveParams,
+) -> Result<CoefficientMeasurement> {
+    let beta = match momentum {
+        Momentum::HeavyBall(b) | Momentum::Nesterov(b) if (0.0..1.0).contains(&b) => b,
+        _ => return Err(Error::invalid("momentum", "needs heavy ball or Nesterov with beta in [0, 1)")),
+    };
+    let flow = scaled_gradient_field(obj, 1.0 / (1.0 - beta));
+    let burn_in = momentum_burn_in(beta);
+    let mut per_h = Vec::new();
+    let mut ratio: f64 = 0.0;
+    let mut unexplained = f64::NAN;
+    let mut smallest = f64::INFINITY;
+    for &h in hs {
+        let mut x = theta.to_owned();
+        let mut state = MomentumStep::new(momentum);
+        let g0 = obj.gradient(theta);
+        // buffer_{-1} = g0 / (1 - beta) makes the first buffer beta g0/(1-beta) + g0 = g0/(1-beta).
+        state.buffer = Some(&g0 / (1.0 - beta));
+        for _ in 0..burn_in {
+            let g = obj.gradient(x.view());
+            state.apply(&mut x, g.view(), h);
+        }
+        let start = x.clone();
+        let g = obj.gradient(start.view());
+        state.apply(&mut x, g.view(), h);
+        if !x.iter().all(|v| v.is_finite()) {
+            return Err(Error::Diverged { step: burn_in, quantity: "momentum iterate".into() });
+        }
+        let hg = obj.hvp(start.view(), g.view());
+        let reference = reference_flow(&flow, start.view(), h, params)?;
+        let r = x - &reference.state;
+        let (c, res) = project(&r, &hg, 2.0 * h * h / (1.0 - beta));
+        ratio = ratio.max(reference.error_bound / norm(&r));
+        if h < smallest {
+            smallest = h;
+            unexplained = res;
+        }
+        per_h.push(c);
+    }
+    let (estimate, stderr) = extrapolate(hs, &per_h)?;
+    Ok(CoefficientMeasurement { hs: hs.to_vec(), per_h, estimate, stderr, unexplained, reference_error_ratio: ratio })
+}
+
+/// An estimate of the largest $|\lambda|$ of the Hessian at `theta` by 200 power iterations on
+/// the exact HVP (seeded start): the model's curvature scale, used to choose step sizes.
+pub fn curvature_scale<O: Objective + ?Sized>(obj: &O, theta: ArrayView1<f64>) -> f64 {
+    let d = obj.dim();
+    let mut v = Array1::from_shape_fn(d, |i| 1.0 + ((i * 7919) % 13) as f64 / 13.0);
+    let mut lambda = 0.0;
+    for _ in 0..200 {
+        let n = norm(&v);
+        if n == 0.0 {
+            return 0.0;
+        }
+        v /= n;
+        let hv = obj.hvp(theta, v.view());
+        lambda = norm(&hv);
+        v = hv;
+    }
+    lambda
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_reduce_to_gd_without_momentum() {
+        assert_eq!(momentum_coefficient_claim(Momentum::HeavyBall(0.0)), 0.25);
+        assert_eq!(momentum_coefficient_claim(Momentum::Nesterov(0.0)), 0.25);
+        assert_eq!(orderings(3, Orderings::All).len(), 6);
+        assert!(equal_partition(10, 3, 0).is_err());
+        let p = equal_partition(12, 3, 0).unwrap();
+        let mut all: Vec<usize> = p.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..12).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,298 @@
+//! The suite behind `fullbatch bea`: every backward-error check on a set of models, as rows
+//! `{check, model, measured, stderr, expected, tolerance, pass}`.
+
+use ndarray::Array1;
+use serde::Serialize;
+
+use super::{
+    GdFlow, Orderings, equal_partition, gd_coefficient, gd_global_order, gd_local_order, momentum_coefficient,
+    momentum_coefficient_claim, sgd_coefficient, sgd_epoch_order,
+};
+use crate::Result;
+use crate::data::fashion_mnist;
+use crate::derivative_check::geometric_steps;
+use crate::integrate::AdaptiveParams;
+use crate::models::{self, Activation, ModelKind, OutputLoss};
+use crate::objective::{FiniteSum, Objective};
+use crate::optim::Momentum;
+
+/// A model the suite runs on.
+pub struct SuiteModel {
+    /// Name in the output.
+    pub name: String,
+    /// The loss.
+    pub objective: Box<dyn Objective>,
+    /// The loss as a finite sum (needed by the SGD checks).
+    pub finite_sum: Option<Box<dyn FiniteSum>>,
+    /// Where the checks start.
+    pub theta0: Array1<f64>,
+}
+
+/// Parameters of [`run_suite`]. Step sizes are relative to the model's time scale
+/// $\tau = 1/\lambda_{\max}$ (power iteration on the exact HVP at the start point).
+#[derive(Debug, Clone, Serialize)]
+pub struct SuiteParams {
+    /// Largest step for the local measurements, in units of $\tau$.
+    pub h_max: f64,
+    /// Smallest step, in units of $\tau$.
+    pub h_min: f64,
+    /// Number of step sizes (geometric).
+    pub steps: usize,
+    /// Horizon of the global-error measurement, in units of $\tau$.
+    pub horizon: f64,
+    /// Step counts of the global-error measurement.
+    pub step_counts: Vec<usize>,
+    /// Minibatches per epoch for the SGD checks.
+    pub minibatches: usize,
+    /// Orderings: 0 means all $m!$ (exact), otherwise that many sampled.
+    pub sampled_orderings: usize,
+    /// Momentum $\beta$ of the heavy-ball and Nesterov checks.
+    pub beta: f64,
+    /// Seed of the partition and of sampled orderings.
+    pub seed: u64,
+    /// Reference-flow tolerances.
+    pub reference: AdaptiveParams,
+}
+
+impl Default for SuiteParams {
+    fn default() -> Self {
+        SuiteParams {
+            h_max: 0.1,
+            h_min: 0.01,
+            steps: 6,
+            horizon: 1.0,
+            step_counts: vec![16, 32, 64, 128, 256],
+            minibatches: 4,
+            sampled_orderings: 0,
+            beta: 0.9,
+            seed: 0,
+            reference: AdaptiveParams::default(),
+        }
+    }
+}
+
+/// One row of the suite's output.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// Check name, e.g. `gd_local_order_first`.
+    pub check: String,
+    /// Model name.
+    pub model: String,
+    /// The measured value.
+    pub measured: f64,
+    /// Its standard error.
+    pub stderr: f64,
+    /// The value the theory predicts.
+    pub expected: f64,
+    /// Largest accepted $|\text{measured} - \text{expected}|$.
+    pub tolerance: f64,
+    /// Whether the measurement is within tolerance and its reference flow was accurate
+    /// (reference error bound below 1% of the measured effect).
+    pub pass: bool,
+    /// Largest ratio of the reference flow's error bound to the measured quantity.
+    pub reference_error_ratio: f64,
+}
+
+/// Tolerance on fitted orders (the 0.15).
+const ORDER_TOLERANCE: f64 = 0.15;
+/// Relative tolerance on GD's coefficient.
+const GD_COEFFICIENT_TOLERANCE: f64 = 0.01;
+/// Relative tolerance on SGD's and the momentum coefficients.
+const COEFFICIENT_TOLERANCE: f64 = 0.02;
+/// A reference flow must be 100x more accurate than the effect it measures.
+const REFERENCE_RATIO: f64 = 0.01;
+
+fn row(
+    check: &str,
+    model: &str,
+    measured: f64,
+    stderr: f64,
+    expected: f64,
+    tolerance: f64,
+    reference_error_ratio: f64,
+) -> Check {
+    Check {
+        check: check.into(),
+        model: model.into(),
+        measured,
+        stderr,
+        expected,
+        tolerance,
+        pass: (measured - expected).abs() <= tolerance && reference_error_ratio < REFERENCE_RATIO,
+        reference_error_ratio,
+    }
+}
+
+/// The default models: the catalogue's quadratic, logistic regression and tanh MLP, and a tanh
+/// MLP 784-8-10 on 64 Fashion-MNIST training images when the data set is installed (its
+/// absence is reported by the caller).
+///
+/// # Errors
+/// As the model constructors and the Fashion-MNIST loader.
+pub fn suite_models(kinds: &[ModelKind], fashion_mnist: bool, seed: u64) -> Result<Vec<SuiteModel>> {
+    let mut out = Vec::new();
+    for &kind in kinds {
+        let inst = kind.instance(seed)?;
+        out.push(SuiteModel {
+            name: kind.name(),
+            objective: inst.objective,
+            finite_sum: inst.finite_sum,
+            theta0: inst.theta0,
+        });
+    }
+    if fashion_mnist {
+        let data = fashion_mnist::load(
+            fashion_mnist::Split::Train,
+            &fashion_mnist::LoadOptions { subset: Some(64), seed, ..fashion_mnist::LoadOptions::default() },
+        )?;
+        let net = models::mlp(&data, &[8], 10, Activation::Tanh, OutputLoss::SoftmaxCrossEntropy)?;
+        let theta0 = net.initial_parameters(seed.wrapping_add(1000));
+        out.push(SuiteModel {
+            name: "fashion-mnist-mlp".into(),
+            objective: Box::new(net.clone()),
+            finite_sum: Some(Box::new(net)),
+            theta0,
+        });
+    }
+    Ok(out)
+}
+
+/// Runs every check on every model; `progress` is called with a short label before each
+/// measurement.
+///
+/// # Errors
+/// A failed reference integration or degenerate model; a check that merely misses its
+/// expectation is a row with `pass = false`, not an error.
+pub fn run_suite(models: &[SuiteModel], params: &SuiteParams, mut progress: impl FnMut(&str)) -> Result<Vec<Check>> {
+    let mut rows = Vec::new();
+    let p = &params.reference;
+    for model in models {
+        let name = model.name.as_str();
+        let obj = model.objective.as_ref();
+        let theta = model.theta0.view();
+        let tau = 1.0 / super::curvature_scale(obj, theta);
+        let hs = geometric_steps(params.h_max * tau, params.h_min * tau, params.steps);
+
+        for (check, flow) in [
+            ("gd_local_order_plain", GdFlow::Plain),
+            ("gd_local_order_first", GdFlow::FirstOrder),
+            ("gd_local_order_second", GdFlow::SecondOrder),
+        ] {
+            progress(&format!("{name}: {check}"));
+            let m = gd_local_order(obj, theta, flow, &hs, p)?;
+            rows.push(row(
+                check,
+                name,
+                m.fit.slope,
+                m.fit.slope_stderr,
+                flow.local_order(),
+                ORDER_TOLERANCE,
+                m.reference_error_ratio,
+            ));
+        }
+        for (check, flow, order) in
+            [("gd_global_order_plain", GdFlow::Plain, 1.0), ("gd_global_order_first", GdFlow::FirstOrder, 2.0)]
+        {
+            progress(&format!("{name}: {check}"));
+            let m = gd_global_order(obj, theta, flow, params.horizon * tau, &params.step_counts, p)?;
+            rows.push(row(
+                check,
+                name,
+                m.fit.slope,
+                m.fit.slope_stderr,
+                order,
+                ORDER_TOLERANCE,
+                m.reference_error_ratio,
+            ));
+        }
+        progress(&format!("{name}: gd_coefficient"));
+        let c = gd_coefficient(obj, theta, &hs, p)?;
+        rows.push(row(
+            "gd_coefficient",
+            name,
+            c.estimate,
+            c.stderr,
+            0.25,
+            0.25 * GD_COEFFICIENT_TOLERANCE,
+            c.reference_error_ratio,
+        ));
+
+        if let Some(fs) = model.finite_sum.as_deref() {
+            let batches = equal_partition(fs.n_examples(), params.minibatches, params.seed)?;
+            let which = if params.sampled_orderings == 0 {
+                Orderings::All
+            } else {
+                Orderings::Sampled { count: params.sampled_orderings, seed: params.seed }
+            };
+            // An epoch lasts m h: the same time scale needs steps m times smaller.
+            let m = params.minibatches as f64;
+            let sgd_hs: Vec<f64> = hs.iter().map(|h| h / m).collect();
+            progress(&format!("{name}: sgd_epoch_order"));
+            let plain = sgd_epoch_order(fs, theta, &batches, &sgd_hs, false, which, p)?;
+            rows.push(row(
+                "sgd_epoch_order_plain",
+                name,
+                plain.fit.slope,
+                plain.fit.slope_stderr,
+                2.0,
+                ORDER_TOLERANCE,
+                plain.reference_error_ratio,
+            ));
+            let first = sgd_epoch_order(fs, theta, &batches, &sgd_hs, true, which, p)?;
+            rows.push(row(
+                "sgd_epoch_order_first",
+                name,
+                first.fit.slope,
+                first.fit.slope_stderr,
+                3.0,
+                ORDER_TOLERANCE,
+                first.reference_error_ratio,
+            ));
+            progress(&format!("{name}: sgd_coefficient"));
+            let s = sgd_coefficient(fs, theta, &batches, &sgd_hs, which, p)?;
+            let expected = 1.0 / (4.0 * m);
+            let ratio = s.coefficient.reference_error_ratio;
+            rows.push(row(
+                "sgd_coefficient",
+                name,
+                s.coefficient.estimate,
+                s.coefficient.stderr,
+                expected,
+                expected * COEFFICIENT_TOLERANCE,
+                ratio,
+            ));
+            rows.push(row("sgd_split_gd_part", name, s.gd_part, s.part_stderr.0, 1.0, COEFFICIENT_TOLERANCE, ratio));
+            rows.push(row(
+                "sgd_split_variance_part",
+                name,
+                s.variance_part,
+                s.part_stderr.1,
+                1.0,
+                COEFFICIENT_TOLERANCE,
+                ratio,
+            ));
+        }
+
+        for (check, momentum) in [
+            ("heavy_ball_coefficient", Momentum::HeavyBall(params.beta)),
+            ("nesterov_coefficient", Momentum::Nesterov(params.beta)),
+        ] {
+            progress(&format!("{name}: {check}"));
+            // The expansion of momentum's slow manifold is in powers of h lambda / (1 - beta)^2
+            // (see docs/theory.md): scale the steps down by (1 - beta)^2 to stay inside it.
+            let mhs: Vec<f64> = hs.iter().map(|h| h * 0.1 * (1.0 - params.beta).powi(2)).collect();
+            let c = momentum_coefficient(obj, theta, momentum, &mhs, p)?;
+            let claim = momentum_coefficient_claim(momentum);
+            rows.push(row(
+                check,
+                name,
+                c.estimate,
+                c.stderr,
+                claim,
+                claim * COEFFICIENT_TOLERANCE,
+                c.reference_error_ratio,
+            ));
+        }
+    }
+    Ok(rows)
+}
