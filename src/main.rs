@@ -41,10 +41,10 @@ enum Command {
         /// Skip the Fashion-MNIST MLP even when the data set is installed.
         #[arg(long)]
         no_fashion_mnist: bool,
-        /// Largest step, in units of the model's time scale 1/lambda_max.
+        /// Largest step, in units of the model's time scale 1/rate (see `bea::expansion_rate`).
         #[arg(long, default_value_t = 0.1)]
         h_max: f64,
-        /// Smallest step, in units of 1/lambda_max.
+        /// Smallest step, in units of 1/rate.
         #[arg(long, default_value_t = 0.01)]
         h_min: f64,
         /// Number of step sizes.
@@ -168,7 +168,7 @@ fn bea(kinds: Vec<ModelKind>, no_fashion_mnist: bool, params: SuiteParams, json:
             );
         }
         println!(
-            "\nsteps h in [{}, {}]/lambda_max ({} sizes); reference flows: Dormand-Prince 5(4), rtol {:.0e}; \
+            "\nsteps h in [{}, {}] x 1/rate ({} sizes; rate = max(lambda_max, |H^2 g|/|Hg|, |D3L[g,g]|/|Hg|); ranges move down until the errors follow one power law); reference flows: Dormand-Prince 5(4), rtol {:.0e}; \
              'ref err' = reference error bound / measured effect (must be < 1e-2).",
             params.h_min, params.h_max, params.steps, params.reference.rtol
         );

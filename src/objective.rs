@@ -72,6 +72,30 @@ pub trait FiniteSum: Objective {
     fn batch_hvp(&self, theta: ArrayView1<f64>, batch: &[usize], v: ArrayView1<f64>) -> Array1<f64>;
 }
 
+/// One minibatch of a [`FiniteSum`] as an [`Objective`]: $L_B$ with its exact derivatives.
+#[derive(Debug, Clone, Copy)]
+pub struct Minibatch<'a, O: ?Sized> {
+    /// The finite sum.
+    pub inner: &'a O,
+    /// The example indices of the minibatch.
+    pub batch: &'a [usize],
+}
+
+impl<O: FiniteSum + ?Sized> Objective for Minibatch<'_, O> {
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    fn loss(&self, theta: ArrayView1<f64>) -> f64 {
+        self.inner.batch_loss(theta, self.batch)
+    }
+    fn gradient(&self, theta: ArrayView1<f64>) -> Array1<f64> {
+        self.inner.batch_gradient(theta, self.batch)
+    }
+    fn hvp(&self, theta: ArrayView1<f64>, v: ArrayView1<f64>) -> Array1<f64> {
+        self.inner.batch_hvp(theta, self.batch, v)
+    }
+}
+
 /// Blanket impl so that `&O` is an objective wherever `O` is.
 impl<O: Objective + ?Sized> Objective for &O {
     fn dim(&self) -> usize {

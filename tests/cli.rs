@@ -10,11 +10,7 @@ fn models_command_checks_every_model() {
         .args(["models", "--json", "--seed", "3"])
         .output()
         .expect("run fullbatch");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let checks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON array");
     assert_eq!(checks.len(), fullbatch::models::ModelKind::all().len());
     for c in &checks {
@@ -45,18 +41,10 @@ fn figures_command_writes_files() {
         .args(["--out".as_ref(), dir.path().as_os_str()])
         .output()
         .expect("run figures");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for name in ["derivative_check.png", "derivative_check.svg", "README.md"] {
-        let meta =
-            std::fs::metadata(dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(
-            meta.len() > 1000 || name == "README.md" && meta.len() > 50,
-            "{name} is too small"
-        );
+        let meta = std::fs::metadata(dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(meta.len() > 1000 || name == "README.md" && meta.len() > 50, "{name} is too small");
     }
     let png = std::fs::read(dir.path().join("derivative_check.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");

@@ -30,28 +30,15 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 }
 
 fn sample_images(count: usize, rows: usize, cols: usize) -> IdxImages {
-    IdxImages {
-        count,
-        rows,
-        cols,
-        pixels: (0..count * rows * cols)
-            .map(|i| (i * 31 % 256) as u8)
-            .collect(),
-    }
+    IdxImages { count, rows, cols, pixels: (0..count * rows * cols).map(|i| (i * 31 % 256) as u8).collect() }
 }
 
 /// Asserts that `err` names `path`'s file and contains `problem`.
 fn assert_names(err: &Error, path: &Path, problem: &str) {
     let msg = err.to_string();
     let name = path.file_name().unwrap().to_string_lossy();
-    assert!(
-        msg.contains(name.as_ref()),
-        "message {msg:?} does not name {name}"
-    );
-    assert!(
-        msg.contains(problem),
-        "message {msg:?} does not say {problem:?}"
-    );
+    assert!(msg.contains(name.as_ref()), "message {msg:?} does not name {name}");
+    assert!(msg.contains(problem), "message {msg:?} does not say {problem:?}");
 }
 
 // ---------------------------------------------------------------- round trips
@@ -126,11 +113,7 @@ fn writer_validates_pixel_count_and_leaves_no_file() {
     let err = idx::write_images(&path, &images).unwrap_err();
     assert!(matches!(err, Error::InvalidParameter { .. }), "{err}");
     assert!(err.to_string().contains("33 pixels"), "{err}");
-    assert_eq!(
-        fs::read_dir(dir.path()).unwrap().count(),
-        0,
-        "nothing may be left behind"
-    );
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "nothing may be left behind");
 }
 
 // ---------------------------------------------------------------- bad files
@@ -153,18 +136,10 @@ fn truncated_header() {
     assert_names(&err, &path, "truncated header");
     let path = dir.path().join("tiny-labels.gz");
     fs::write(&path, gzip(&[0, 0])).unwrap();
-    assert_names(
-        &idx::read_labels(&path).unwrap_err(),
-        &path,
-        "truncated header",
-    );
+    assert_names(&idx::read_labels(&path).unwrap_err(), &path, "truncated header");
     let path = dir.path().join("empty");
     fs::write(&path, []).unwrap();
-    assert_names(
-        &idx::read_labels(&path).unwrap_err(),
-        &path,
-        "truncated header",
-    );
+    assert_names(&idx::read_labels(&path).unwrap_err(), &path, "truncated header");
 }
 
 #[test]
@@ -207,11 +182,7 @@ fn wrong_magic_number() {
     // A float-typed idx file (type code 0x0d) is not an unsigned-byte file.
     let path = dir.path().join("floats");
     fs::write(&path, idx_bytes(0x0d01, &[1], &[0; 4])).unwrap();
-    assert_names(
-        &idx::read_labels(&path).unwrap_err(),
-        &path,
-        "wrong magic number 0x00000d01",
-    );
+    assert_names(&idx::read_labels(&path).unwrap_err(), &path, "wrong magic number 0x00000d01");
 }
 
 #[test]
@@ -219,18 +190,10 @@ fn trailing_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("long-images.gz");
     fs::write(&path, gzip(&idx_bytes(0x803, &[1, 2, 2], &[0; 9]))).unwrap();
-    assert_names(
-        &idx::read_images(&path).unwrap_err(),
-        &path,
-        "5 trailing bytes after the data",
-    );
+    assert_names(&idx::read_images(&path).unwrap_err(), &path, "5 trailing bytes after the data");
     let path = dir.path().join("long-labels");
     fs::write(&path, idx_bytes(0x801, &[2], &[0; 3])).unwrap();
-    assert_names(
-        &idx::read_labels(&path).unwrap_err(),
-        &path,
-        "1 trailing bytes after the data",
-    );
+    assert_names(&idx::read_labels(&path).unwrap_err(), &path, "1 trailing bytes after the data");
 }
 
 #[test]
@@ -240,30 +203,18 @@ fn corrupt_gzip() {
     // Garbage after the gzip magic.
     let path = dir.path().join("garbage-labels.gz");
     fs::write(&path, [0x1f, 0x8b, 0xff, 0xff, 0x00, 0x01, 0x02, 0x03]).unwrap();
-    assert_names(
-        &idx::read_labels(&path).unwrap_err(),
-        &path,
-        "corrupt gzip stream",
-    );
+    assert_names(&idx::read_labels(&path).unwrap_err(), &path, "corrupt gzip stream");
     // A stream cut short.
     let path = dir.path().join("cut-labels.gz");
     fs::write(&path, &good[..good.len() / 2]).unwrap();
-    assert_names(
-        &idx::read_labels(&path).unwrap_err(),
-        &path,
-        "corrupt gzip stream",
-    );
+    assert_names(&idx::read_labels(&path).unwrap_err(), &path, "corrupt gzip stream");
     // A damaged checksum.
     let mut bad_crc = good.clone();
     let n = bad_crc.len();
     bad_crc[n - 8] ^= 0xff;
     let path = dir.path().join("crc-labels.gz");
     fs::write(&path, &bad_crc).unwrap();
-    assert_names(
-        &idx::read_labels(&path).unwrap_err(),
-        &path,
-        "corrupt gzip stream",
-    );
+    assert_names(&idx::read_labels(&path).unwrap_err(), &path, "corrupt gzip stream");
 }
 
 // ---------------------------------------------------------------- the Fashion-MNIST loader
@@ -279,12 +230,7 @@ fn write_fake_fashion_mnist(dir: &Path, side: usize, image_count: usize, labels:
 }
 
 fn options(dir: &Path) -> LoadOptions {
-    LoadOptions {
-        dir: dir.to_path_buf(),
-        subset: None,
-        seed: 1,
-        normalisation: Normalisation::UnitInterval,
-    }
+    LoadOptions { dir: dir.to_path_buf(), subset: None, seed: 1, normalisation: Normalisation::UnitInterval }
 }
 
 #[test]
@@ -296,26 +242,10 @@ fn fake_fashion_mnist_loads() {
     let data = fashion_mnist::load(Split::Test, &options(dir.path())).unwrap();
     assert_eq!(data.inputs.dim(), (20, 784));
     let expected: Vec<usize> = labels.iter().map(|&l| usize::from(l)).collect();
-    assert_eq!(
-        data.targets,
-        Targets::Classes {
-            labels: expected,
-            n_classes: 10
-        }
-    );
+    assert_eq!(data.targets, Targets::Classes { labels: expected, n_classes: 10 });
     let images = sample_images(20, 28, 28);
-    assert_eq!(
-        data.inputs[[3, 100]],
-        f64::from(images.image(3)[100]) / 255.0
-    );
-    let sub = fashion_mnist::load(
-        Split::Train,
-        &LoadOptions {
-            subset: Some(5),
-            ..options(dir.path())
-        },
-    )
-    .unwrap();
+    assert_eq!(data.inputs[[3, 100]], f64::from(images.image(3)[100]) / 255.0);
+    let sub = fashion_mnist::load(Split::Train, &LoadOptions { subset: Some(5), ..options(dir.path()) }).unwrap();
     assert_eq!(sub.inputs.dim(), (5, 784));
     assert_eq!(sub, data.random_subset(5, 1));
 }
@@ -326,11 +256,7 @@ fn label_out_of_range() {
     write_fake_fashion_mnist(dir.path(), 28, 5, &[0, 1, 9, 12, 3]);
     let err = fashion_mnist::load(Split::Train, &options(dir.path())).unwrap_err();
     let (_, labels_path) = fashion_mnist::files(dir.path(), Split::Train);
-    assert_names(
-        &err,
-        &labels_path,
-        "label 12 at index 3 is out of range 0..=9",
-    );
+    assert_names(&err, &labels_path, "label 12 at index 3 is out of range 0..=9");
 }
 
 #[test]
@@ -356,21 +282,11 @@ fn wrong_image_size() {
 fn subset_too_large() {
     let dir = tempfile::tempdir().unwrap();
     write_fake_fashion_mnist(dir.path(), 28, 3, &[0, 1, 2]);
-    let err = fashion_mnist::load(
-        Split::Test,
-        &LoadOptions {
-            subset: Some(4),
-            ..options(dir.path())
-        },
-    )
-    .unwrap_err();
+    let err = fashion_mnist::load(Split::Test, &LoadOptions { subset: Some(4), ..options(dir.path()) }).unwrap_err();
     assert!(matches!(err, Error::InvalidParameter { .. }), "{err}");
     let msg = err.to_string();
     assert!(msg.contains("subset"), "{msg}");
-    assert!(
-        msg.contains("4 examples requested but the test split has only 3"),
-        "{msg}"
-    );
+    assert!(msg.contains("4 examples requested but the test split has only 3"), "{msg}");
 }
 
 #[test]
@@ -398,24 +314,14 @@ fn real_test_split_subset() {
         );
         return;
     }
-    let data = fashion_mnist::load(
-        Split::Test,
-        &LoadOptions {
-            subset: Some(200),
-            seed: 42,
-            ..LoadOptions::default()
-        },
-    )
-    .unwrap();
+    let data = fashion_mnist::load(Split::Test, &LoadOptions { subset: Some(200), seed: 42, ..LoadOptions::default() })
+        .unwrap();
     assert_eq!(data.inputs.dim(), (200, 784));
     let labels = data.labels().unwrap();
     assert_eq!(labels.len(), 200);
     assert!(labels.iter().all(|&l| l < 10));
     for class in 0..10 {
-        assert!(
-            labels.contains(&class),
-            "class {class} missing from the subset"
-        );
+        assert!(labels.contains(&class), "class {class} missing from the subset");
     }
     assert!(data.inputs.iter().all(|x| x.is_finite()));
     let mean = data.inputs.mean().unwrap();
@@ -423,15 +329,9 @@ fn real_test_split_subset() {
     assert!(mean.abs() < 0.1, "standardised mean {mean}");
     assert!((std - 1.0).abs() < 0.15, "standardised std {std}");
     // Seeded: the same options give the same examples.
-    let again = fashion_mnist::load(
-        Split::Test,
-        &LoadOptions {
-            subset: Some(200),
-            seed: 42,
-            ..LoadOptions::default()
-        },
-    )
-    .unwrap();
+    let again =
+        fashion_mnist::load(Split::Test, &LoadOptions { subset: Some(200), seed: 42, ..LoadOptions::default() })
+            .unwrap();
     assert_eq!(data, again);
 }
 

@@ -5,121 +5,17 @@
 //! with or without biases, any loss), data (1-12 examples of 1-5 features), point and
 //! directions. Tolerances are stated at each assertion with the reasoning behind them.
 
-use fullbatch::data::{self, Dataset};
-use fullbatch::models::{Activation, Network, NetworkSpec, OutputLoss, Quadratic};
+use fullbatch::models::{Network, OutputLoss, Quadratic};
 use fullbatch::objective::{
     FiniteSum, GradientNormPenalty, Objective, gradient_by_difference, hvp_by_difference,
     third_derivative_by_hvp_difference,
 };
 use ndarray::{Array1, Array2};
 use proptest::prelude::*;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, StandardNormal};
 
-fn normal_vector(dim: usize, scale: f64, seed: u64) -> Array1<f64> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    Array1::from_shape_fn(dim, |_| {
-        let z: f64 = StandardNormal.sample(&mut rng);
-        z * scale
-    })
-}
+mod common;
 
-fn inf_norm(x: &Array1<f64>) -> f64 {
-    x.iter().fold(0.0f64, |m, v| m.max(v.abs()))
-}
-
-/// A random network with its data, described by a few integers so proptest can shrink it.
-#[derive(Debug, Clone)]
-struct Case {
-    input_dim: usize,
-    hidden: Vec<usize>,
-    classes: usize,
-    activation: Activation,
-    bias: bool,
-    loss: OutputLoss,
-    n: usize,
-    seed: u64,
-    scale: f64,
-}
-
-fn case() -> impl Strategy<Value = Case> {
-    (
-        1usize..=5,
-        prop::collection::vec(1usize..=6, 0..=2),
-        2usize..=4,
-        prop_oneof![
-            Just(Activation::Identity),
-            Just(Activation::Tanh),
-            Just(Activation::Softplus),
-            Just(Activation::Gelu)
-        ],
-        any::<bool>(),
-        prop_oneof![
-            Just(OutputLoss::MeanSquaredError),
-            Just(OutputLoss::BinaryCrossEntropy),
-            Just(OutputLoss::SoftmaxCrossEntropy)
-        ],
-        1usize..=12,
-        any::<u64>(),
-        0.2f64..1.2,
-    )
-        .prop_map(
-            |(input_dim, hidden, classes, activation, bias, loss, n, seed, scale)| Case {
-                input_dim,
-                hidden,
-                classes,
-                activation,
-                bias,
-                loss,
-                n,
-                seed,
-                scale,
-            },
-        )
-}
-
-impl Case {
-    fn data(&self) -> Dataset {
-        let classes = if self.loss == OutputLoss::BinaryCrossEntropy {
-            2
-        } else {
-            self.classes
-        };
-        match self.loss {
-            OutputLoss::MeanSquaredError => data::teacher_student_regression(
-                self.n,
-                self.input_dim,
-                3,
-                self.classes,
-                0.1,
-                self.seed,
-            )
-            .unwrap(),
-            _ => data::gaussian_mixture(self.n, self.input_dim, classes, 2.0, self.seed).unwrap(),
-        }
-    }
-
-    fn network(&self) -> Network {
-        let output_dim = match self.loss {
-            OutputLoss::BinaryCrossEntropy => 1,
-            _ => self.classes,
-        };
-        let spec = NetworkSpec {
-            input_dim: self.input_dim,
-            hidden: self.hidden.clone(),
-            output_dim,
-            activation: self.activation,
-            bias: self.bias,
-            loss: self.loss,
-        };
-        Network::new(spec, &self.data()).unwrap()
-    }
-
-    fn point(&self, net: &Network) -> Array1<f64> {
-        normal_vector(net.dim(), self.scale, self.seed ^ 1)
-    }
-}
+use common::{case, inf_norm, normal_vector};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
@@ -309,9 +205,7 @@ fn glm_hessian(net: &Network, theta: &Array1<f64>) -> Array2<f64> {
                 let e = a.mapv(|x| (x - m).exp());
                 let p = &e / e.sum();
                 Array2::from_diag(&p)
-                    - &p.view()
-                        .insert_axis(ndarray::Axis(1))
-                        .dot(&p.view().insert_axis(ndarray::Axis(0)))
+                    - &p.view().insert_axis(ndarray::Axis(1)).dot(&p.view().insert_axis(ndarray::Axis(0)))
             }
         };
         h += &jac.t().dot(&curvature).dot(&jac);

@@ -4,9 +4,7 @@
 use fullbatch::data;
 use fullbatch::models::{self, Quadratic};
 use fullbatch::objective::{FiniteSum, Objective};
-use fullbatch::optim::{
-    BatchSampler, Momentum, OptimizerParams, Sampling, gradient_descent, optimize,
-};
+use fullbatch::optim::{BatchSampler, Momentum, OptimizerParams, Sampling, gradient_descent, optimize};
 use ndarray::{Array1, Array2};
 use ndarray_linalg::{Eigh, UPLO};
 use proptest::prelude::*;
@@ -132,12 +130,7 @@ fn nesterov_matches_hand_unrolled_steps() {
     let g2 = g(&t2);
     let b2 = &b1 * beta + &g2;
     let t3 = &t2 - &((&g2 + &(&b2 * beta)) * h);
-    let params = OptimizerParams {
-        lr: h,
-        steps: 3,
-        momentum: Momentum::Nesterov(beta),
-        ..OptimizerParams::default()
-    };
+    let params = OptimizerParams { lr: h, steps: 3, momentum: Momentum::Nesterov(beta), ..OptimizerParams::default() };
     let (theta, _) = gradient_descent(&q, t0.view(), &params).unwrap();
     assert!(inf_norm(&(&theta - &t3)) < 1e-14, "{theta} vs {t3}");
 }
@@ -153,9 +146,7 @@ fn sgd_follows_its_batches_and_full_sampling_is_gd() {
     let params = OptimizerParams {
         lr: 0.3,
         steps: 6,
-        sampling: Sampling::Cyclic {
-            batches: batches.clone(),
-        },
+        sampling: Sampling::Cyclic { batches: batches.clone() },
         record_every: 3,
         ..OptimizerParams::default()
     };
@@ -166,21 +157,10 @@ fn sgd_follows_its_batches_and_full_sampling_is_gd() {
     }
     assert!(inf_norm(&(&theta - &by_hand)) < 1e-15);
     assert_eq!(info.examples_processed, 24);
-    assert_eq!(
-        info.losses.iter().map(|l| l.0).collect::<Vec<_>>(),
-        vec![0, 3, 6]
-    );
-    assert!(
-        info.losses[2].1 < info.losses[0].1,
-        "loss should fall: {:?}",
-        info.losses
-    );
+    assert_eq!(info.losses.iter().map(|l| l.0).collect::<Vec<_>>(), vec![0, 3, 6]);
+    assert!(info.losses[2].1 < info.losses[0].1, "loss should fall: {:?}", info.losses);
 
-    let full = OptimizerParams {
-        lr: 0.3,
-        steps: 5,
-        ..OptimizerParams::default()
-    };
+    let full = OptimizerParams { lr: 0.3, steps: 5, ..OptimizerParams::default() };
     let (a, _) = optimize(&net, theta0.view(), &full).unwrap();
     let (b, _) = gradient_descent(&net, theta0.view(), &full).unwrap();
     assert_eq!(a, b);
@@ -190,35 +170,13 @@ fn sgd_follows_its_batches_and_full_sampling_is_gd() {
 #[test]
 fn divergence_and_bad_parameters_are_errors() {
     let q = Quadratic::with_spectrum(&[1.0, 100.0], 0.0, 0).unwrap();
-    let params = OptimizerParams {
-        lr: 1.0,
-        steps: 1000,
-        ..OptimizerParams::default()
-    };
+    let params = OptimizerParams { lr: 1.0, steps: 1000, ..OptimizerParams::default() };
     let err = gradient_descent(&q, start(2, 0).view(), &params).unwrap_err();
     assert!(err.to_string().contains("diverged at step"), "{err}");
     for (params, field) in [
-        (
-            OptimizerParams {
-                lr: -1.0,
-                ..OptimizerParams::default()
-            },
-            "lr",
-        ),
-        (
-            OptimizerParams {
-                momentum: Momentum::HeavyBall(1.0),
-                ..OptimizerParams::default()
-            },
-            "momentum",
-        ),
-        (
-            OptimizerParams {
-                sampling: Sampling::Reshuffle { batch_size: 4 },
-                ..OptimizerParams::default()
-            },
-            "sampling",
-        ),
+        (OptimizerParams { lr: -1.0, ..OptimizerParams::default() }, "lr"),
+        (OptimizerParams { momentum: Momentum::HeavyBall(1.0), ..OptimizerParams::default() }, "momentum"),
+        (OptimizerParams { sampling: Sampling::Reshuffle { batch_size: 4 }, ..OptimizerParams::default() }, "sampling"),
     ] {
         let err = gradient_descent(&q, start(2, 0).view(), &params).unwrap_err();
         assert!(err.to_string().contains(field), "{err} should name {field}");

@@ -160,6 +160,118 @@ pub struct OrderMeasurement {
     /// $\max_h$ (reference error bound / measured error): the reference is trustworthy when
     /// this is far below 1.
     pub reference_error_ratio: f64,
+    /// How many times [`asymptotic_order`] moved the range of step sizes down.
+    pub shrinks: usize,
+}
+
+/// Parameters of [`asymptotic_order`].
+#[derive(Debug, Clone, Serialize)]
+pub struct RangeSearch {
+    /// Largest number of times the range is moved down.
+    pub max_shrinks: usize,
+    /// Each move multiplies every step size by this.
+    pub factor: f64,
+    /// The range is accepted when the slopes fitted on its larger and its smaller half differ
+    /// by at most this.
+    pub slope_spread: f64,
+    /// The search also stops when the reference error ratio exceeds this (smaller steps would
+    /// measure the reference's error, not the method's).
+    pub max_reference_ratio: f64,
+    /// For coefficients: the range is accepted when the intercepts extrapolated from its larger
+    /// and its smaller half differ by at most this, relative to the coefficient (absolute for
+    /// the split weights, which are near 1).
+    pub coefficient_spread: f64,
+}
+
+impl Default for RangeSearch {
+    fn default() -> Self {
+        RangeSearch {
+            max_shrinks: 4,
+            factor: 0.3,
+            slope_spread: 0.1,
+            max_reference_ratio: 1e-3,
+            coefficient_spread: 0.005,
+        }
+    }
+}
+
+/// Measures an order in its asymptotic range. `measure` is run on `hs`; while the errors do
+/// not yet follow one power law (the slopes fitted on the larger and the smaller half of the
+/// range differ by more than `search.slope_spread`), the whole range is multiplied by
+/// `search.factor` and measured again. The criterion uses only the errors' self-consistency,
+/// never the order the theory predicts, so a wrong theory still fails. Near-cancellation of a
+/// leading coefficient (which pushes the asymptotic range to smaller steps) is the usual reason
+/// for a move.
+///
+/// # Errors
+/// Whatever `measure` returns.
+pub fn asymptotic_order(
+    hs: &[f64],
+    search: &RangeSearch,
+    mut measure: impl FnMut(&[f64]) -> Result<OrderMeasurement>,
+) -> Result<OrderMeasurement> {
+    let mut hs = hs.to_vec();
+    let mut shrinks = 0;
+    loop {
+        let mut m = measure(&hs)?;
+        m.shrinks = shrinks;
+        let half = hs.len().div_ceil(2);
+        let large = log_log_fit(&m.hs[..half], &m.errors[..half]).map(|f| f.slope);
+        let small = log_log_fit(&m.hs[hs.len() - half..], &m.errors[hs.len() - half..]).map(|f| f.slope);
+        let settled = match (large, small) {
+            (Some(a), Some(b)) => (a - b).abs() <= search.slope_spread,
+            _ => true,
+        };
+        if settled || shrinks == search.max_shrinks || m.reference_error_ratio > search.max_reference_ratio {
+            return Ok(m);
+        }
+        hs.iter_mut().for_each(|h| *h *= search.factor);
+        shrinks += 1;
+    }
+}
+
+/// Whether the line through `(hs, values)` extrapolates to the same intercept from its larger
+/// and its smaller half, to within `tolerance`.
+fn extrapolation_settled(hs: &[f64], values: &[f64], tolerance: f64) -> bool {
+    let half = hs.len().div_ceil(2);
+    let n = hs.len();
+    match (linear_fit(&hs[..half], &values[..half]), linear_fit(&hs[n - half..], &values[n - half..])) {
+        (Some(a), Some(b)) => (a.intercept - b.intercept).abs() <= tolerance,
+        _ => true,
+    }
+}
+
+/// [`sgd_coefficient`] in its asymptotic range: the range of step sizes moves down by
+/// `search.factor` (at most `search.max_shrinks` times) until the coefficient and both split
+/// weights extrapolate to the same values from either half of the range
+/// (`search.coefficient_spread`), or the reference flow's error would start to matter.
+///
+/// # Errors
+/// As [`sgd_coefficient`].
+pub fn sgd_coefficient_asymptotic<O: FiniteSum + ?Sized>(
+    obj: &O,
+    theta: ArrayView1<f64>,
+    batches: &[Vec<usize>],
+    hs: &[f64],
+    which: Orderings,
+    params: &AdaptiveParams,
+    search: &RangeSearch,
+) -> Result<SgdMeasurement> {
+    let mut hs = hs.to_vec();
+    for shrinks in 0.. {
+        let m = sgd_coefficient(obj, theta, batches, &hs, which, params)?;
+        let c = &m.coefficient;
+        let tol = search.coefficient_spread;
+        let settled = extrapolation_settled(&hs, &c.per_h, tol * c.estimate.abs())
+            && (m.split_per_h.is_empty()
+                || (extrapolation_settled(&hs, &m.split_per_h.iter().map(|p| p.0).collect::<Vec<_>>(), tol)
+                    && extrapolation_settled(&hs, &m.split_per_h.iter().map(|p| p.1).collect::<Vec<_>>(), tol)));
+        if settled || shrinks == search.max_shrinks || c.reference_error_ratio > search.max_reference_ratio {
+            return Ok(SgdMeasurement { shrinks, ..m });
+        }
+        hs.iter_mut().for_each(|h| *h *= search.factor);
+    }
+    unreachable!("the loop returns by max_shrinks")
 }
 
 fn order_measurement(hs: &[f64], errors: Vec<f64>, ratios: &[f64]) -> Result<OrderMeasurement> {
@@ -170,6 +282,7 @@ fn order_measurement(hs: &[f64], errors: Vec<f64>, ratios: &[f64]) -> Result<Ord
         errors,
         fit,
         reference_error_ratio: ratios.iter().cloned().fold(0.0, f64::max),
+        shrinks: 0,
     })
 }
 
@@ -380,6 +493,14 @@ pub struct SgdMeasurement {
     pub variance_part: f64,
     /// Standard errors of the two weights.
     pub part_stderr: (f64, f64),
+    /// The smallest (over $h$) squared sine of the angle between the two regressors; the split
+    /// is reported as NaN when it is below $10^{-8}$ (parallel regressors, e.g. one
+    /// parameter), since the two parts are then not separately identifiable.
+    pub split_conditioning: f64,
+    /// The two weights at each step size (empty when not identifiable).
+    pub split_per_h: Vec<(f64, f64)>,
+    /// How many times [`sgd_coefficient_asymptotic`] moved the range down.
+    pub shrinks: usize,
 }
 
 /// Measures SGD's coefficient from averaged epochs: with
@@ -414,6 +535,7 @@ pub fn sgd_coefficient<O: FiniteSum + ?Sized>(
     let mut per_h = Vec::new();
     let mut per_order: Vec<Vec<f64>> = vec![Vec::new(); orders.len()];
     let mut parts: Vec<(f64, f64)> = Vec::new();
+    let mut conditioning = f64::INFINITY;
     let mut ratio: f64 = 0.0;
     let mut unexplained = f64::NAN;
     let mut smallest = f64::INFINITY;
@@ -438,7 +560,9 @@ pub fn sgd_coefficient<O: FiniteSum + ?Sized>(
         let (uu, uw, ww) = (u.dot(&u), u.dot(&w), w.dot(&w));
         let (uy, wy) = (u.dot(&y), w.dot(&y));
         let det = uu * ww - uw * uw;
-        parts.push(if det > 0.0 {
+        let sin2 = if uu > 0.0 && ww > 0.0 { det / (uu * ww) } else { 0.0 };
+        conditioning = conditioning.min(sin2);
+        parts.push(if sin2 > 1e-8 {
             ((ww * uy - uw * wy) / det, (uu * wy - uw * uy) / det)
         } else {
             (f64::NAN, f64::NAN)
@@ -468,6 +592,9 @@ pub fn sgd_coefficient<O: FiniteSum + ?Sized>(
         gd_part,
         variance_part,
         part_stderr: (gd_se, var_se),
+        split_conditioning: conditioning,
+        split_per_h: if conditioning > 1e-8 { parts } else { Vec::new() },
+        shrinks: 0,
     })
 }
 
@@ -568,8 +695,8 @@ pub fn momentum_coefficient<O: Objective + ?Sized>(
 }
 
 /// An estimate of the largest $|\lambda|$ of the Hessian at `theta` by 200 power iterations on
-/// the exact HVP (seeded start): the model's curvature scale, used to choose step sizes.
-pub fn curvature_scale<O: Objective + ?Sized>(obj: &O, theta: ArrayView1<f64>) -> f64 {
+/// the exact HVP (seeded start).
+pub fn largest_curvature<O: Objective + ?Sized>(obj: &O, theta: ArrayView1<f64>) -> f64 {
     let d = obj.dim();
     let mut v = Array1::from_shape_fn(d, |i| 1.0 + ((i * 7919) % 13) as f64 / 13.0);
     let mut lambda = 0.0;
@@ -584,6 +711,22 @@ pub fn curvature_scale<O: Objective + ?Sized>(obj: &O, theta: ArrayView1<f64>) -
         v = hv;
     }
     lambda
+}
+
+/// The rate at which the backward-error expansion at `theta` loses accuracy, in units of
+/// 1/time: $\max(\lambda_{\max}, \|H^2 g\|/\|Hg\|, \|D^3L[g,g]\|/\|Hg\|)$. The ratio of the
+/// $h^3$ to the $h^2$ term of a GD step's deviation from the gradient flow is
+/// $rac h3 (H^2g + D^3L[g,g])/Hg$, so steps $h \le 0.1/	ext{rate}$ keep each measured
+/// expansion within a few percent of its leading term. The curvature $\lambda_{\max}$ alone
+/// is not enough: where $g$ lies near the Hessian's null space (logistic tails), the
+/// third-derivative term dominates.
+pub fn expansion_rate<O: Objective + ?Sized>(obj: &O, theta: ArrayView1<f64>) -> f64 {
+    let g = obj.gradient(theta);
+    let hg = obj.hvp(theta, g.view());
+    let hhg = obj.hvp(theta, hg.view());
+    let d3 = obj.third_derivative(theta, g.view(), g.view());
+    let n = norm(&hg).max(f64::MIN_POSITIVE);
+    largest_curvature(obj, theta).max(norm(&hhg) / n).max(norm(&d3) / n)
 }
 
 #[cfg(test)]

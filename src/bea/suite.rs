@@ -5,15 +5,15 @@ use ndarray::Array1;
 use serde::Serialize;
 
 use super::{
-    GdFlow, Orderings, equal_partition, gd_coefficient, gd_global_order, gd_local_order, momentum_coefficient,
-    momentum_coefficient_claim, sgd_coefficient, sgd_epoch_order,
+    GdFlow, Orderings, RangeSearch, asymptotic_order, equal_partition, gd_coefficient, gd_global_order, gd_local_order,
+    momentum_coefficient, momentum_coefficient_claim, sgd_coefficient_asymptotic, sgd_epoch_order,
 };
 use crate::Result;
 use crate::data::fashion_mnist;
 use crate::derivative_check::geometric_steps;
 use crate::integrate::AdaptiveParams;
 use crate::models::{self, Activation, ModelKind, OutputLoss};
-use crate::objective::{FiniteSum, Objective};
+use crate::objective::{FiniteSum, Minibatch, Objective};
 use crate::optim::Momentum;
 
 /// A model the suite runs on.
@@ -29,7 +29,8 @@ pub struct SuiteModel {
 }
 
 /// Parameters of [`run_suite`]. Step sizes are relative to the model's time scale
-/// $\tau = 1/\lambda_{\max}$ (power iteration on the exact HVP at the start point).
+/// $\tau = 1/$[`expansion_rate`](super::expansion_rate) at the start point (for SGD, the
+/// largest rate over the full loss and each minibatch).
 #[derive(Debug, Clone, Serialize)]
 pub struct SuiteParams {
     /// Largest step for the local measurements, in units of $\tau$.
@@ -38,6 +39,9 @@ pub struct SuiteParams {
     pub h_min: f64,
     /// Number of step sizes (geometric).
     pub steps: usize,
+    /// The second-order flow's steps are the others times this (its next term involves
+    /// fourth derivatives, which the rate does not bound).
+    pub second_order_scale: f64,
     /// Horizon of the global-error measurement, in units of $\tau$.
     pub horizon: f64,
     /// Step counts of the global-error measurement.
@@ -52,6 +56,8 @@ pub struct SuiteParams {
     pub seed: u64,
     /// Reference-flow tolerances.
     pub reference: AdaptiveParams,
+    /// How order measurements find their asymptotic range.
+    pub range: RangeSearch,
 }
 
 impl Default for SuiteParams {
@@ -60,6 +66,7 @@ impl Default for SuiteParams {
             h_max: 0.1,
             h_min: 0.01,
             steps: 6,
+            second_order_scale: 0.3,
             horizon: 1.0,
             step_counts: vec![16, 32, 64, 128, 256],
             minibatches: 4,
@@ -67,6 +74,7 @@ impl Default for SuiteParams {
             beta: 0.9,
             seed: 0,
             reference: AdaptiveParams::default(),
+            range: RangeSearch::default(),
         }
     }
 }
@@ -166,11 +174,13 @@ pub fn suite_models(kinds: &[ModelKind], fashion_mnist: bool, seed: u64) -> Resu
 pub fn run_suite(models: &[SuiteModel], params: &SuiteParams, mut progress: impl FnMut(&str)) -> Result<Vec<Check>> {
     let mut rows = Vec::new();
     let p = &params.reference;
+    // The second-order effects are the smallest measured: integrate their reference 10x tighter.
+    let second_order_reference = AdaptiveParams { rtol: p.rtol / 10.0, atol: p.atol / 10.0, ..p.clone() };
     for model in models {
         let name = model.name.as_str();
         let obj = model.objective.as_ref();
         let theta = model.theta0.view();
-        let tau = 1.0 / super::curvature_scale(obj, theta);
+        let tau = 1.0 / super::expansion_rate(obj, theta);
         let hs = geometric_steps(params.h_max * tau, params.h_min * tau, params.steps);
 
         for (check, flow) in [
@@ -179,7 +189,12 @@ pub fn run_suite(models: &[SuiteModel], params: &SuiteParams, mut progress: impl
             ("gd_local_order_second", GdFlow::SecondOrder),
         ] {
             progress(&format!("{name}: {check}"));
-            let m = gd_local_order(obj, theta, flow, &hs, p)?;
+            let (start, reference) = if flow == GdFlow::SecondOrder {
+                (hs.iter().map(|h| h * params.second_order_scale).collect(), &second_order_reference)
+            } else {
+                (hs.clone(), p)
+            };
+            let m = asymptotic_order(&start, &params.range, |hs| gd_local_order(obj, theta, flow, hs, reference))?;
             rows.push(row(
                 check,
                 name,
@@ -224,11 +239,19 @@ pub fn run_suite(models: &[SuiteModel], params: &SuiteParams, mut progress: impl
             } else {
                 Orderings::Sampled { count: params.sampled_orderings, seed: params.seed }
             };
-            // An epoch lasts m h: the same time scale needs steps m times smaller.
+            // An epoch lasts m h: the same time scale needs steps m times smaller; minibatch
+            // losses can be sharper than the full loss.
             let m = params.minibatches as f64;
-            let sgd_hs: Vec<f64> = hs.iter().map(|h| h / m).collect();
+            let rate = batches
+                .iter()
+                .map(|b| super::expansion_rate(&Minibatch { inner: fs, batch: b }, theta))
+                .fold(1.0 / tau, f64::max);
+            let sgd_hs: Vec<f64> =
+                geometric_steps(params.h_max / rate, params.h_min / rate, params.steps).iter().map(|h| h / m).collect();
             progress(&format!("{name}: sgd_epoch_order"));
-            let plain = sgd_epoch_order(fs, theta, &batches, &sgd_hs, false, which, p)?;
+            let plain = asymptotic_order(&sgd_hs, &params.range, |hs| {
+                sgd_epoch_order(fs, theta, &batches, hs, false, which, p)
+            })?;
             rows.push(row(
                 "sgd_epoch_order_plain",
                 name,
@@ -238,7 +261,9 @@ pub fn run_suite(models: &[SuiteModel], params: &SuiteParams, mut progress: impl
                 ORDER_TOLERANCE,
                 plain.reference_error_ratio,
             ));
-            let first = sgd_epoch_order(fs, theta, &batches, &sgd_hs, true, which, p)?;
+            let first = asymptotic_order(&sgd_hs, &params.range, |hs| {
+                sgd_epoch_order(fs, theta, &batches, hs, true, which, p)
+            })?;
             rows.push(row(
                 "sgd_epoch_order_first",
                 name,
@@ -249,7 +274,7 @@ pub fn run_suite(models: &[SuiteModel], params: &SuiteParams, mut progress: impl
                 first.reference_error_ratio,
             ));
             progress(&format!("{name}: sgd_coefficient"));
-            let s = sgd_coefficient(fs, theta, &batches, &sgd_hs, which, p)?;
+            let s = sgd_coefficient_asymptotic(fs, theta, &batches, &sgd_hs, which, p, &params.range)?;
             let expected = 1.0 / (4.0 * m);
             let ratio = s.coefficient.reference_error_ratio;
             rows.push(row(
