@@ -56,3 +56,38 @@ fn figures_command_writes_files() {
         assert!(!name.contains("tmp"), "left behind: {name}");
     }
 }
+
+/// `fullbatch bea --json` on the synthetic models: every named check is present, each row has
+/// the documented fields, and all pass.
+#[test]
+fn bea_command_reports_every_check() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fullbatch"))
+        .args(["bea", "--json", "--no-fashion-mnist", "--model", "logistic", "--model", "quadratic"])
+        .output()
+        .expect("run fullbatch");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON array");
+    for name in [
+        "gd_local_order_plain",
+        "gd_local_order_first",
+        "gd_local_order_second",
+        "gd_global_order_plain",
+        "gd_global_order_first",
+        "gd_coefficient",
+        "sgd_epoch_order_first",
+        "sgd_coefficient",
+        "heavy_ball_coefficient",
+        "nesterov_coefficient",
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["check"] == name && r["model"] == "logistic")
+            .unwrap_or_else(|| panic!("missing {name}"));
+        for field in ["measured", "stderr", "expected", "tolerance"] {
+            assert!(row[field].is_number(), "{name}.{field}: {row}");
+        }
+        assert_eq!(row["pass"], true, "{row}");
+    }
+    // The quadratic has no finite-sum structure: no SGD rows for it.
+    assert!(!rows.iter().any(|r| r["model"] == "quadratic" && r["check"] == "sgd_coefficient"));
+}

@@ -18,7 +18,7 @@
 
 mod suite;
 
-pub use suite::{Check, SuiteModel, SuiteParams, run_suite, suite_models};
+pub use suite::{Check, SuiteModel, SuiteParams, local_order_curve, run_suite, suite_models};
 
 use itertools::Itertools;
 use ndarray::{Array1, ArrayView1};

@@ -1,12 +1,13 @@
 //! The suite behind `fullbatch bea`: every backward-error check on a set of models, as rows
 //! `{check, model, measured, stderr, expected, tolerance, pass}`.
 
-use ndarray::Array1;
+use ndarray::{Array1, ArrayView1};
 use serde::Serialize;
 
 use super::{
-    GdFlow, Orderings, RangeSearch, asymptotic_order, equal_partition, gd_coefficient, gd_global_order, gd_local_order,
-    momentum_coefficient, momentum_coefficient_claim, sgd_coefficient_asymptotic, sgd_epoch_order,
+    GdFlow, OrderMeasurement, Orderings, RangeSearch, asymptotic_order, equal_partition, gd_coefficient,
+    gd_global_order, gd_local_order, momentum_coefficient, momentum_coefficient_claim, sgd_coefficient_asymptotic,
+    sgd_epoch_order,
 };
 use crate::Result;
 use crate::data::fashion_mnist;
@@ -165,6 +166,32 @@ pub fn suite_models(kinds: &[ModelKind], fashion_mnist: bool, seed: u64) -> Resu
     Ok(out)
 }
 
+/// The local error of one GD step against `flow` over the suite's step sizes (in units of
+/// `tau`), in its asymptotic range ([`asymptotic_order`]). The second-order flow starts from
+/// steps `second_order_scale` times smaller and integrates its reference 10x tighter: its
+/// effects are the smallest measured, and its next term involves fourth derivatives, which
+/// the rate does not bound.
+///
+/// # Errors
+/// As [`gd_local_order`].
+pub fn local_order_curve(
+    obj: &dyn Objective,
+    theta: ArrayView1<f64>,
+    flow: GdFlow,
+    tau: f64,
+    params: &SuiteParams,
+) -> Result<OrderMeasurement> {
+    let hs = geometric_steps(params.h_max * tau, params.h_min * tau, params.steps);
+    let p = &params.reference;
+    let tight = AdaptiveParams { rtol: p.rtol / 10.0, atol: p.atol / 10.0, ..p.clone() };
+    let (start, reference): (Vec<f64>, _) = if flow == GdFlow::SecondOrder {
+        (hs.iter().map(|h| h * params.second_order_scale).collect(), &tight)
+    } else {
+        (hs, p)
+    };
+    asymptotic_order(&start, &params.range, |hs| gd_local_order(obj, theta, flow, hs, reference))
+}
+
 /// Runs every check on every model; `progress` is called with a short label before each
 /// measurement.
 ///
@@ -174,8 +201,6 @@ pub fn suite_models(kinds: &[ModelKind], fashion_mnist: bool, seed: u64) -> Resu
 pub fn run_suite(models: &[SuiteModel], params: &SuiteParams, mut progress: impl FnMut(&str)) -> Result<Vec<Check>> {
     let mut rows = Vec::new();
     let p = &params.reference;
-    // The second-order effects are the smallest measured: integrate their reference 10x tighter.
-    let second_order_reference = AdaptiveParams { rtol: p.rtol / 10.0, atol: p.atol / 10.0, ..p.clone() };
     for model in models {
         let name = model.name.as_str();
         let obj = model.objective.as_ref();
@@ -189,12 +214,7 @@ pub fn run_suite(models: &[SuiteModel], params: &SuiteParams, mut progress: impl
             ("gd_local_order_second", GdFlow::SecondOrder),
         ] {
             progress(&format!("{name}: {check}"));
-            let (start, reference) = if flow == GdFlow::SecondOrder {
-                (hs.iter().map(|h| h * params.second_order_scale).collect(), &second_order_reference)
-            } else {
-                (hs.clone(), p)
-            };
-            let m = asymptotic_order(&start, &params.range, |hs| gd_local_order(obj, theta, flow, hs, reference))?;
+            let m = local_order_curve(obj, theta, flow, tau, params)?;
             rows.push(row(
                 check,
                 name,

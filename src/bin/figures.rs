@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use fullbatch::bea::{GdFlow, SuiteParams, expansion_rate, local_order_curve};
 use fullbatch::derivative_check::{DerivativeCheckParams, check_model};
-use fullbatch::figures::derivative_check_figure;
+use fullbatch::figures::{bea_order_figure, derivative_check_figure};
 use fullbatch::models::ModelKind;
 use fullbatch::plot::render;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -45,13 +46,41 @@ fn main() -> Result<()> {
     }
     bar.finish_and_clear();
 
-    let entries = [Entry {
-        stem: "derivative_check",
-        shows: "finite-difference error of the gradient and HVP against the exact ones vs the difference step, per toy model (V shape: the exact derivatives are right)",
-    }];
-    let fig = derivative_check_figure(&reports);
-    for path in render(&fig, &cli.out.join(entries[0].stem))? {
-        println!("wrote {}", path.display());
+    bar.set_prefix("bea orders");
+    let bea_kinds = [ModelKind::Quadratic, ModelKind::Logistic, ModelKind::MlpTanhMse];
+    bar.set_length(bea_kinds.len() as u64);
+    bar.set_position(0);
+    let suite = SuiteParams { seed: cli.seed, ..SuiteParams::default() };
+    let mut bea_curves = Vec::new();
+    for kind in bea_kinds {
+        bar.set_message(kind.name());
+        let inst = kind.instance(cli.seed)?;
+        let obj = inst.objective.as_ref();
+        let tau = 1.0 / expansion_rate(obj, inst.theta0.view());
+        let curves = [GdFlow::Plain, GdFlow::FirstOrder, GdFlow::SecondOrder]
+            .into_iter()
+            .map(|flow| Ok((flow, local_order_curve(obj, inst.theta0.view(), flow, tau, &suite)?)))
+            .collect::<Result<Vec<_>>>()?;
+        bea_curves.push((kind.name(), tau, curves));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let entries = [
+        Entry {
+            stem: "derivative_check",
+            shows: "finite-difference error of the gradient and HVP against the exact ones vs the difference step, per toy model (V shape: the exact derivatives are right)",
+        },
+        Entry {
+            stem: "bea_orders",
+            shows: "one-step error of GD against the plain, first- and second-order modified flows vs the step size, with fitted slopes (theory: 2, 3, 4)",
+        },
+    ];
+    let figures = [derivative_check_figure(&reports), bea_order_figure(&bea_curves)];
+    for (entry, fig) in entries.iter().zip(&figures) {
+        for path in render(fig, &cli.out.join(entry.stem))? {
+            println!("wrote {}", path.display());
+        }
     }
 
     let mut index = String::from(
