@@ -55,6 +55,10 @@ pub struct AdaptiveInfo {
     pub rejected: usize,
     /// Evaluations of the vector field.
     pub evaluations: usize,
+    /// Sum over accepted steps of the Euclidean norm of the embedded error estimate (the local
+    /// error of the 4th-order solution): a pessimistic estimate of the global error of the
+    /// returned 5th-order solution.
+    pub error_estimate: f64,
 }
 
 // Dormand & Prince (1980), the RK5(4)7M pair: stages (the nodes are not needed for autonomous
@@ -146,6 +150,7 @@ pub fn dormand_prince(
             ndarray::Zip::from(&y).and(&y_new).map_collect(|a, b| params.atol + params.rtol * a.abs().max(b.abs()));
         let e = rms(&(&err / &tol));
         if e <= 1.0 {
+            info.error_estimate += err.dot(&err).sqrt();
             t += hs;
             y = y_new;
             k0 = k[6].clone();
