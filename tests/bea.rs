@@ -12,7 +12,7 @@ use fullbatch::bea::{
 use fullbatch::derivative_check::geometric_steps;
 use fullbatch::integrate::AdaptiveParams;
 use fullbatch::models::{OutputLoss, Quadratic};
-use fullbatch::objective::Objective;
+use fullbatch::objective::{FiniteSum, Objective};
 use ndarray::{Array1, Array2};
 use ndarray_linalg::{Eigh, UPLO};
 use proptest::prelude::*;
@@ -141,4 +141,70 @@ proptest! {
             prop_assert!(inf_norm(&diff) <= 1e-12 * (1.0 + inf_norm(&theta)), "{flow_kind:?}: {}", inf_norm(&diff));
         }
     }
+}
+
+/// Sampled orderings: the estimate agrees with the exact all-orderings average within four of
+/// its standard errors (and the standard error is positive: orderings do differ).
+#[test]
+fn sampled_orderings_agree_with_the_exact_average() {
+    let inst = fullbatch::models::ModelKind::Logistic.instance(3).unwrap();
+    let fs = inst.finite_sum.as_deref().unwrap();
+    let theta = inst.theta0.view();
+    let batches = equal_partition(fs.n_examples(), 4, 1).unwrap();
+    let hs: Vec<f64> = steps_for(inst.objective.as_ref(), &inst.theta0).iter().map(|h| h / 4.0).collect();
+    let p = AdaptiveParams::default();
+    let exact =
+        sgd_coefficient_asymptotic(fs, theta, &batches, &hs, Orderings::All, &p, &RangeSearch::default()).unwrap();
+    let sampled = sgd_coefficient_asymptotic(
+        fs,
+        theta,
+        &batches,
+        &hs,
+        Orderings::Sampled { count: 40, seed: 5 },
+        &p,
+        &RangeSearch::default(),
+    )
+    .unwrap();
+    let (e, s) = (exact.coefficient.estimate, &sampled.coefficient);
+    assert!(s.stderr > 0.0);
+    assert!((s.estimate - e).abs() <= 4.0 * s.stderr, "sampled {} ± {} vs exact {e}", s.estimate, s.stderr);
+}
+
+/// Heavy ball on its slow manifold follows the momentum modified flow with the published
+/// coefficient to third order in h (one step), and the plain sped-up flow only to second.
+#[test]
+fn heavy_ball_slow_manifold_follows_its_modified_flow() {
+    use fullbatch::bea::{momentum_burn_in, momentum_coefficient_claim, momentum_modified_field};
+    use fullbatch::optim::{Momentum, MomentumStep};
+    let q = Quadratic::with_spectrum(&[0.2, 0.5, 1.0], 0.0, 4).unwrap();
+    let beta = 0.5;
+    let c = momentum_coefficient_claim(Momentum::HeavyBall(beta));
+    let theta0 = normal_vector(3, 1.0, 2);
+    let errors = |coefficient: f64| -> Vec<f64> {
+        [0.004, 0.002, 0.001, 0.0005]
+            .iter()
+            .map(|&h| {
+                let mut x = theta0.clone();
+                let mut state = MomentumStep::new(Momentum::HeavyBall(beta));
+                state.buffer = Some(q.gradient(x.view()) / (1.0 - beta));
+                for _ in 0..momentum_burn_in(beta) {
+                    let g = q.gradient(x.view());
+                    state.apply(&mut x, g.view(), h);
+                }
+                let start = x.clone();
+                let g = q.gradient(x.view());
+                state.apply(&mut x, g.view(), h);
+                let field = momentum_modified_field(&q, beta, coefficient, h);
+                let tight = AdaptiveParams { rtol: 1e-14, atol: 1e-16, ..AdaptiveParams::default() };
+                let flow = reference_flow(&field, start.view(), h, &tight).unwrap();
+                inf_norm(&(&x - &flow.state))
+            })
+            .collect()
+    };
+    let hs = [0.004, 0.002, 0.001, 0.0005];
+    let modified = fullbatch::stats::log_log_fit(&hs, &errors(c)).unwrap().slope;
+    let plain = fullbatch::stats::log_log_fit(&hs, &errors(0.0)).unwrap().slope;
+    // Steps h lambda / (1 - beta)^2 <= 0.016: slopes within 0.15 of 3 and 2.
+    assert!((modified - 3.0).abs() < 0.15, "modified slope {modified}");
+    assert!((plain - 2.0).abs() < 0.15, "plain slope {plain}");
 }

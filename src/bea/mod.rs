@@ -126,6 +126,23 @@ pub fn momentum_coefficient_claim(momentum: Momentum) -> f64 {
     }
 }
 
+/// The modified flow of momentum on its slow manifold with coefficient `coefficient`:
+/// $\dot\theta = -\frac{1}{1-\beta}\big(g + 2c\,h\,Hg\big)$, the gradient flow of
+/// $L + c\,h\|g\|^2$ sped up by $1/(1-\beta)$. Use [`momentum_coefficient_claim`] for the
+/// published $c$.
+pub fn momentum_modified_field<'a, O: Objective + ?Sized>(
+    obj: &'a O,
+    beta: f64,
+    coefficient: f64,
+    h: f64,
+) -> Box<Field<'a>> {
+    Box::new(move |theta: ArrayView1<f64>| {
+        let g = obj.gradient(theta);
+        let hg = obj.hvp(theta, g.view());
+        (g + hg * (2.0 * coefficient * h)) * (-1.0 / (1.0 - beta))
+    })
+}
+
 /// A reference flow and a bound on its error.
 #[derive(Debug, Clone)]
 pub struct ReferenceFlow {
