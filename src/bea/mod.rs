@@ -394,6 +394,59 @@ fn extrapolate(hs: &[f64], per_h: &[f64]) -> Result<(f64, f64)> {
     Ok((fit.intercept, fit.intercept_stderr))
 }
 
+/// A coefficient's measurements, step size by step size.
+struct CoefficientSeries {
+    hs: Vec<f64>,
+    per_h: Vec<f64>,
+    ratio: f64,
+    unexplained: f64,
+    smallest: f64,
+}
+
+impl CoefficientSeries {
+    fn new() -> Self {
+        CoefficientSeries {
+            hs: Vec::new(),
+            per_h: Vec::new(),
+            ratio: 0.0,
+            unexplained: f64::NAN,
+            smallest: f64::INFINITY,
+        }
+    }
+
+    /// Records $c(h) = -\langle r, d\rangle/(\text{scale}\,\|d\|^2)$ for the displacement `r`
+    /// measured against a reference flow with error bound `error_bound`; returns $c(h)$.
+    fn record(&mut self, h: f64, r: &Array1<f64>, d: &Array1<f64>, scale: f64, error_bound: f64) -> f64 {
+        let (c, residual) = project(r, d, scale);
+        self.ratio = self.ratio.max(error_bound / norm(r));
+        if h < self.smallest {
+            self.smallest = h;
+            self.unexplained = residual;
+        }
+        self.hs.push(h);
+        self.per_h.push(c);
+        c
+    }
+
+    /// The measurement with the given estimate and standard error.
+    fn with_estimate(self, estimate: f64, stderr: f64) -> CoefficientMeasurement {
+        CoefficientMeasurement {
+            hs: self.hs,
+            per_h: self.per_h,
+            estimate,
+            stderr,
+            unexplained: self.unexplained,
+            reference_error_ratio: self.ratio,
+        }
+    }
+
+    /// The measurement extrapolated linearly to $h = 0$.
+    fn extrapolated(self) -> Result<CoefficientMeasurement> {
+        let (estimate, stderr) = extrapolate(&self.hs, &self.per_h)?;
+        Ok(self.with_estimate(estimate, stderr))
+    }
+}
+
 /// GD's implicit-regulariser coefficient, derived from iterates: with
 /// $r(h) = \theta - hg - \varphi^{\text{plain}}_h(\theta) = -2c\,h^2 Hg + O(h^3)$,
 /// $c(h) = -\langle r, Hg\rangle / (2h^2\|Hg\|^2)$, extrapolated linearly to $h = 0$.
@@ -413,23 +466,13 @@ pub fn gd_coefficient<O: Objective + ?Sized>(
         return Err(Error::invalid("theta", "H g = 0: no implicit regulariser to measure"));
     }
     let field = gd_modified_field(obj, GdFlow::Plain, 0.0);
-    let mut per_h = Vec::new();
-    let mut unexplained = f64::NAN;
-    let mut ratio: f64 = 0.0;
-    let mut smallest = f64::INFINITY;
+    let mut series = CoefficientSeries::new();
     for &h in hs {
         let reference = reference_flow(&field, theta, h, params)?;
         let r = &theta - &(&g * h) - &reference.state;
-        let (c, res) = project(&r, &hg, 2.0 * h * h);
-        ratio = ratio.max(reference.error_bound / norm(&r));
-        if h < smallest {
-            smallest = h;
-            unexplained = res;
-        }
-        per_h.push(c);
+        series.record(h, &r, &hg, 2.0 * h * h, reference.error_bound);
     }
-    let (estimate, stderr) = extrapolate(hs, &per_h)?;
-    Ok(CoefficientMeasurement { hs: hs.to_vec(), per_h, estimate, stderr, unexplained, reference_error_ratio: ratio })
+    series.extrapolated()
 }
 
 /// Which orderings of the minibatches an SGD epoch is averaged over.
@@ -551,13 +594,10 @@ pub fn sgd_coefficient<O: FiniteSum + ?Sized>(
         return Err(Error::invalid("theta", "sum_k H_k g_k = 0: no implicit regulariser to measure"));
     }
     let plain = scaled_gradient_field(obj, 1.0);
-    let mut per_h = Vec::new();
+    let mut series = CoefficientSeries::new();
     let mut per_order: Vec<Vec<f64>> = vec![Vec::new(); orders.len()];
     let mut parts: Vec<(f64, f64)> = Vec::new();
     let mut conditioning = f64::INFINITY;
-    let mut ratio: f64 = 0.0;
-    let mut unexplained = f64::NAN;
-    let mut smallest = f64::INFINITY;
     for &h in hs {
         let reference = reference_flow(&plain, theta, mf * h, params)?;
         let mut mean_r = Array1::<f64>::zeros(obj.dim());
@@ -567,13 +607,7 @@ pub fn sgd_coefficient<O: FiniteSum + ?Sized>(
             mean_r += &r;
         }
         mean_r /= orders.len() as f64;
-        let (kappa, res) = project(&mean_r, &s, 2.0 * mf * h * h);
-        ratio = ratio.max(reference.error_bound / norm(&mean_r));
-        if h < smallest {
-            smallest = h;
-            unexplained = res;
-        }
-        per_h.push(kappa);
+        series.record(h, &mean_r, &s, 2.0 * mf * h * h, reference.error_bound);
         // Two-regressor least squares of -2 r / h^2 on [u, w].
         let y = &mean_r * (-2.0 / (h * h));
         let (uu, uw, ww) = (u.dot(&u), u.dot(&w), w.dot(&w));
@@ -589,7 +623,7 @@ pub fn sgd_coefficient<O: FiniteSum + ?Sized>(
     }
     let exact = matches!(which, Orderings::All);
     let (estimate, stderr) = if exact {
-        extrapolate(hs, &per_h)?
+        extrapolate(hs, &series.per_h)?
     } else {
         let intercepts: Vec<f64> = per_order.iter().map(|c| extrapolate(hs, c).map(|e| e.0)).collect::<Result<_>>()?;
         mean_and_stderr(&intercepts)
@@ -600,14 +634,7 @@ pub fn sgd_coefficient<O: FiniteSum + ?Sized>(
         minibatches: m,
         orderings: orders.len(),
         exact,
-        coefficient: CoefficientMeasurement {
-            hs: hs.to_vec(),
-            per_h,
-            estimate,
-            stderr,
-            unexplained,
-            reference_error_ratio: ratio,
-        },
+        coefficient: series.with_estimate(estimate, stderr),
         gd_part,
         variance_part,
         part_stderr: (gd_se, var_se),
@@ -678,10 +705,7 @@ pub fn momentum_coefficient<O: Objective + ?Sized>(
     };
     let flow = scaled_gradient_field(obj, 1.0 / (1.0 - beta));
     let burn_in = momentum_burn_in(beta);
-    let mut per_h = Vec::new();
-    let mut ratio: f64 = 0.0;
-    let mut unexplained = f64::NAN;
-    let mut smallest = f64::INFINITY;
+    let mut series = CoefficientSeries::new();
     for &h in hs {
         let mut x = theta.to_owned();
         let mut state = MomentumStep::new(momentum);
@@ -701,16 +725,9 @@ pub fn momentum_coefficient<O: Objective + ?Sized>(
         let hg = obj.hvp(start.view(), g.view());
         let reference = reference_flow(&flow, start.view(), h, params)?;
         let r = x - &reference.state;
-        let (c, res) = project(&r, &hg, 2.0 * h * h / (1.0 - beta));
-        ratio = ratio.max(reference.error_bound / norm(&r));
-        if h < smallest {
-            smallest = h;
-            unexplained = res;
-        }
-        per_h.push(c);
+        series.record(h, &r, &hg, 2.0 * h * h / (1.0 - beta), reference.error_bound);
     }
-    let (estimate, stderr) = extrapolate(hs, &per_h)?;
-    Ok(CoefficientMeasurement { hs: hs.to_vec(), per_h, estimate, stderr, unexplained, reference_error_ratio: ratio })
+    series.extrapolated()
 }
 
 /// An estimate of the largest $|\lambda|$ of the Hessian at `theta` by 200 power iterations on
