@@ -29,8 +29,8 @@ figures: deps
 	$(CARGO) run --release --bin figures
 
 test: deps
-	$(CARGO) test --all-targets
 	$(CARGO) test --doc
+	$(CARGO) test --all-targets
 
 check-models: deps
 	$(CARGO) run --release --bin fullbatch -- models
