@@ -38,11 +38,14 @@ pub fn derivative_check_figure(reports: &[(String, DerivativeReport)]) -> Figure
     }
 }
 
+/// One model's local-order curves: its name, its time scale `tau`, and a measurement per flow.
+pub type ModelOrderCurves = (String, f64, Vec<(GdFlow, OrderMeasurement)>);
+
 /// Local error of one GD step against the plain, first- and second-order modified flows, as
 /// the step shrinks, one panel per model; step sizes in units of the model's time scale
 /// `tau` (see [`expansion_rate`](crate::bea::expansion_rate)). Legends give the fitted slopes:
 /// 2, 3 and 4 in theory.
-pub fn bea_order_figure(models: &[(String, f64, Vec<(GdFlow, OrderMeasurement)>)]) -> Figure {
+pub fn bea_order_figure(models: &[ModelOrderCurves]) -> Figure {
     let flow_name = |f: GdFlow| match f {
         GdFlow::Plain => "plain flow",
         GdFlow::FirstOrder => "1st-order modified",

@@ -93,8 +93,8 @@ fn models(kinds: Vec<ModelKind>, seed: u64, json: bool) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&checks)?);
     } else {
         println!(
-            "{:<16} {:>5} {:>10} {:>10} {:>7} {:>7} {:>10} {:>10}  {}",
-            "model", "dim", "grad err", "hvp err", "g slope", "H slope", "H asym", "D3 asym", "result"
+            "{:<16} {:>5} {:>10} {:>10} {:>7} {:>7} {:>10} {:>10}  result",
+            "model", "dim", "grad err", "hvp err", "g slope", "H slope", "H asym", "D3 asym"
         );
         for c in &checks {
             let r = &c.report;
@@ -151,8 +151,8 @@ fn bea(kinds: Vec<ModelKind>, no_fashion_mnist: bool, params: SuiteParams, json:
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         println!(
-            "{:<24} {:<18} {:>11} {:>9} {:>10} {:>9} {:>9}  {}",
-            "check", "model", "measured", "stderr", "expected", "tolerance", "ref err", "result"
+            "{:<24} {:<18} {:>11} {:>9} {:>10} {:>9} {:>9}  result",
+            "check", "model", "measured", "stderr", "expected", "tolerance", "ref err"
         );
         for r in &rows {
             println!(

@@ -266,10 +266,10 @@ fn optimize_with<O: Objective + ?Sized>(
     if !(params.lr.is_finite() && params.lr > 0.0) {
         return Err(Error::invalid("lr", format!("{} must be positive and finite", params.lr)));
     }
-    if let Momentum::HeavyBall(b) | Momentum::Nesterov(b) = params.momentum {
-        if !(0.0..1.0).contains(&b) {
-            return Err(Error::invalid("momentum", format!("beta {b} is not in [0, 1)")));
-        }
+    if let Momentum::HeavyBall(b) | Momentum::Nesterov(b) = params.momentum
+        && !(0.0..1.0).contains(&b)
+    {
+        return Err(Error::invalid("momentum", format!("beta {b} is not in [0, 1)")));
     }
     let mut theta = theta0.to_owned();
     let mut state = MomentumStep::new(params.momentum);

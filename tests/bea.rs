@@ -12,7 +12,7 @@ use fullbatch::bea::{
 use fullbatch::derivative_check::geometric_steps;
 use fullbatch::integrate::AdaptiveParams;
 use fullbatch::models::{OutputLoss, Quadratic};
-use fullbatch::objective::{FiniteSum, Objective};
+use fullbatch::objective::Objective;
 use ndarray::{Array1, Array2};
 use ndarray_linalg::{Eigh, UPLO};
 use proptest::prelude::*;
@@ -134,7 +134,7 @@ proptest! {
         for (flow_kind, first_omitted) in [(GdFlow::FirstOrder, 2), (GdFlow::SecondOrder, 3)] {
             let field = gd_modified_field(&q, flow_kind, h);
             let got = field(theta.view());
-            let tail = lam.mapv(|l| -(1.0 - h * l).ln() / h - (0..first_omitted).map(|k| (h.powi(k) * l.powi(k as i32 + 1)) / (k as f64 + 1.0)).sum::<f64>());
+            let tail = lam.mapv(|l| -(1.0 - h * l).ln() / h - (0..first_omitted).map(|k| (h.powi(k) * l.powi(k + 1)) / (k as f64 + 1.0)).sum::<f64>());
             let predicted = v.dot(&(&tail * &v.t().dot(&theta)));
             // exact - truncated = -(tail applied to theta).
             let diff = &exact - &got + &predicted;

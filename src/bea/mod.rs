@@ -528,7 +528,7 @@ pub fn sgd_epoch<O: FiniteSum + ?Sized>(
 /// [`Error::InvalidParameter`] unless $m \ge 1$ divides $n$ (otherwise $L$ is not the mean of
 /// the minibatch losses).
 pub fn equal_partition(n: usize, m: usize, seed: u64) -> Result<Vec<Vec<usize>>> {
-    if m == 0 || n % m != 0 {
+    if m == 0 || !n.is_multiple_of(m) {
         return Err(Error::invalid("minibatches", format!("{m} minibatches do not divide {n} examples equally")));
     }
     let mut idx: Vec<usize> = (0..n).collect();
@@ -752,7 +752,7 @@ pub fn largest_curvature<O: Objective + ?Sized>(obj: &O, theta: ArrayView1<f64>)
 /// The rate at which the backward-error expansion at `theta` loses accuracy, in units of
 /// 1/time: $\max(\lambda_{\max}, \|H^2 g\|/\|Hg\|, \|D^3L[g,g]\|/\|Hg\|)$. The ratio of the
 /// $h^3$ to the $h^2$ term of a GD step's deviation from the gradient flow is
-/// $rac h3 (H^2g + D^3L[g,g])/Hg$, so steps $h \le 0.1/	ext{rate}$ keep each measured
+/// $\frac h3 (H^2g + D^3L[g,g])/Hg$, so steps $h \le 0.1/\text{rate}$ keep each measured
 /// expansion within a few percent of its leading term. The curvature $\lambda_{\max}$ alone
 /// is not enough: where $g$ lies near the Hessian's null space (logistic tails), the
 /// third-derivative term dominates.

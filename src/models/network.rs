@@ -466,7 +466,7 @@ impl Network {
                 // d/da [lse(a) * sum(y) - y.a] = p * sum(y) - y; sum(y) = 1 for one-hot rows.
                 OutputLoss::SoftmaxCrossEntropy => {
                     let ysum = y.sum_axis(Axis(1)).insert_axis(Axis(1));
-                    p * &ysum - &y
+                    p * &ysum - y
                 }
                 _ => p - &y,
             },
