@@ -25,6 +25,7 @@ pub mod models;
 pub mod objective;
 pub mod optim;
 pub mod plot;
+pub mod sharpness;
 pub mod stats;
 
 pub use error::{Error, Result};

@@ -38,7 +38,9 @@ fn steps_for(obj: &dyn Objective, theta: &Array1<f64>) -> Vec<f64> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    // A fixed seed: every run draws the same cases (failures found earlier are also replayed
+    // from the committed proptest-regressions file).
+    #![proptest_config(ProptestConfig { cases: 48, rng_seed: proptest::test_runner::RngSeed::Fixed(20_220_425), ..ProptestConfig::default() })]
 
     /// Local orders 2, 3, 4 against the plain, first- and second-order flows, within 0.15.
     #[test]

@@ -338,7 +338,9 @@ fn real_test_split_subset() {
 // ---------------------------------------------------------------- property
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    // A fixed seed: every run draws the same cases (failures found earlier are also replayed
+    // from the committed proptest-regressions file).
+    #![proptest_config(ProptestConfig { cases: 64, rng_seed: proptest::test_runner::RngSeed::Fixed(20_220_425), ..ProptestConfig::default() })]
 
     /// Whatever is written (or assembled by hand) is read back unchanged, raw or compressed.
     #[test]

@@ -18,7 +18,9 @@ mod common;
 use common::{case, inf_norm, normal_vector};
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    // A fixed seed: every run draws the same cases (failures found earlier are also replayed
+    // from the committed proptest-regressions file).
+    #![proptest_config(ProptestConfig { cases: 128, rng_seed: proptest::test_runner::RngSeed::Fixed(20_220_425), ..ProptestConfig::default() })]
 
     /// Exact gradient vs coordinate-wise central differences, step 1e-6.
     #[test]

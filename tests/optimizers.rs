@@ -18,7 +18,9 @@ fn start(d: usize, seed: u64) -> Array1<f64> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    // A fixed seed: every run draws the same cases (failures found earlier are also replayed
+    // from the committed proptest-regressions file).
+    #![proptest_config(ProptestConfig { cases: 96, rng_seed: proptest::test_runner::RngSeed::Fixed(20_220_425), ..ProptestConfig::default() })]
 
     /// GD on L = theta^T A theta / 2 (b = 0, A symmetric, indefinite allowed) is
     /// theta_n = (I - hA)^n theta_0 = Q diag((1 - h lambda)^n) Q^T theta_0, with Q, lambda from
