@@ -1,4 +1,5 @@
 //! Sharpness solvers against LAPACK's dense eigensolver: random symmetric matrices with
+#![allow(clippy::needless_range_loop)]
 //! prescribed spectra (clustered, repeated, indefinite, tiny gaps), toy-model Hessians (exact
 //! and finite-difference operators), trace estimators and the spectral density.
 

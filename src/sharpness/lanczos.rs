@@ -211,7 +211,7 @@ pub fn lanczos(op: &dyn LinearOperator, params: &LanczosParams) -> Result<Eigenp
     if params.k == 0 || params.k > d {
         return Err(Error::invalid("k", format!("{} is not in 1..={d}", params.k)));
     }
-    if !(params.tol > 0.0) {
+    if params.tol.is_nan() || params.tol <= 0.0 {
         return Err(Error::invalid("tol", "must be positive"));
     }
     let k = params.k;
