@@ -1,7 +1,8 @@
 //! Sharpness solvers against LAPACK's dense eigensolver: random symmetric matrices with
-#![allow(clippy::needless_range_loop)]
 //! prescribed spectra (clustered, repeated, indefinite, tiny gaps), toy-model Hessians (exact
 //! and finite-difference operators), trace estimators and the spectral density.
+
+#![allow(clippy::needless_range_loop)]
 
 mod common;
 
