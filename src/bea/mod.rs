@@ -30,6 +30,7 @@ use serde::Serialize;
 use crate::integrate::{AdaptiveParams, Field, dormand_prince};
 use crate::objective::{FiniteSum, Objective};
 use crate::optim::{Momentum, MomentumStep};
+use crate::sharpness::{HessianOperator, LanczosParams, Which, lanczos};
 use crate::stats::{LinearFit, linear_fit, log_log_fit, mean_and_stderr};
 use crate::{Error, Result};
 
@@ -730,23 +731,12 @@ pub fn momentum_coefficient<O: Objective + ?Sized>(
     series.extrapolated()
 }
 
-/// An estimate of the largest $|\lambda|$ of the Hessian at `theta` by 200 power iterations on
-/// the exact HVP (seeded start).
+/// The largest $|\lambda|$ of the Hessian at `theta`, by Lanczos on the exact HVP to $10^{-6}$
+/// relative (seeded; 0 if the Lanczos budget runs out, which the callers' other terms cover).
 pub fn largest_curvature<O: Objective + ?Sized>(obj: &O, theta: ArrayView1<f64>) -> f64 {
-    let d = obj.dim();
-    let mut v = Array1::from_shape_fn(d, |i| 1.0 + ((i * 7919) % 13) as f64 / 13.0);
-    let mut lambda = 0.0;
-    for _ in 0..200 {
-        let n = norm(&v);
-        if n == 0.0 {
-            return 0.0;
-        }
-        v /= n;
-        let hv = obj.hvp(theta, v.view());
-        lambda = norm(&hv);
-        v = hv;
-    }
-    lambda
+    let op = HessianOperator { objective: obj, theta: theta.to_owned() };
+    let params = LanczosParams { k: 1, which: Which::LargestMagnitude, tol: 1e-6, ..LanczosParams::default() };
+    lanczos(&op, &params).ok().and_then(|e| e.values.first().map(|l| l.abs())).unwrap_or(0.0)
 }
 
 /// The rate at which the backward-error expansion at `theta` loses accuracy, in units of
