@@ -8,7 +8,11 @@ use fullbatch::bea::{SuiteParams, run_suite, suite_models};
 use fullbatch::data::fashion_mnist;
 use fullbatch::derivative_check::{DerivativeCheckParams, DerivativeReport, check_model};
 use fullbatch::models::ModelKind;
+use fullbatch::optim::{OptimizerParams, gradient_descent};
+use fullbatch::sharpness::trace::{TraceEstimate, hutch_plus_plus};
+use fullbatch::sharpness::{Eigenpairs, HessianOperator, LanczosParams, PowerParams, lanczos, power_iteration};
 use indicatif::ProgressBar;
+use ndarray_linalg::{Eigh, UPLO};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -29,6 +33,32 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Print a JSON array (one object per model) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sharpness of a toy model at its start or after GD training: top Hessian eigenvalues by
+    /// Lanczos with residuals, the dense answer when small enough, power iteration, and the
+    /// trace (Hutch++).
+    Sharpness {
+        /// The model.
+        #[arg(long, value_enum, default_value = "mlp-tanh-mse")]
+        model: ModelKind,
+        /// Full-batch GD steps before measuring.
+        #[arg(long, default_value_t = 0)]
+        train_steps: usize,
+        /// Learning rate of those steps.
+        #[arg(long, default_value_t = 0.1)]
+        lr: f64,
+        /// Number of eigenvalues.
+        #[arg(long, default_value_t = 3)]
+        k: usize,
+        /// Relative residual tolerance of Lanczos.
+        #[arg(long, default_value_t = 1e-10)]
+        tol: f64,
+        /// Seed of data, start point and random vectors.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -182,9 +212,112 @@ fn bea(kinds: Vec<ModelKind>, no_fashion_mnist: bool, params: SuiteParams, json:
     Ok(if all_pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+/// Largest dimension for which the dense Hessian and LAPACK's eigh are computed as a check.
+const DENSE_LIMIT: usize = 5000;
+
+#[derive(Serialize)]
+struct SharpnessReport {
+    model: String,
+    seed: u64,
+    train_steps: usize,
+    lr: f64,
+    dim: usize,
+    loss: f64,
+    lanczos: Eigenpairs,
+    dense_top: Option<Vec<f64>>,
+    power_iteration: Eigenpairs,
+    trace: TraceEstimate,
+    dense_trace: Option<f64>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sharpness(
+    model: ModelKind,
+    train_steps: usize,
+    lr: f64,
+    k: usize,
+    tol: f64,
+    seed: u64,
+    json: bool,
+) -> Result<ExitCode> {
+    let inst = model.instance(seed)?;
+    let obj = inst.objective.as_ref();
+    let params = OptimizerParams { lr, steps: train_steps, seed, ..OptimizerParams::default() };
+    let (theta, _) = gradient_descent(obj, inst.theta0.view(), &params)?;
+    let op = HessianOperator { objective: obj, theta: theta.clone() };
+    let lanczos_result = lanczos(&op, &LanczosParams { k, tol, seed, ..LanczosParams::default() })?;
+    let power = power_iteration(&op, &PowerParams { k, seed, ..PowerParams::default() })?;
+    let trace = hutch_plus_plus(&op, 3 * (obj.dim() / 3).clamp(2, 100), seed)?;
+    let (dense_top, dense_trace) = if obj.dim() <= DENSE_LIMIT {
+        let h = obj.hessian(theta.view());
+        let (mut values, _) = h.eigh(UPLO::Lower)?;
+        values.as_slice_mut().expect("fresh array").sort_by(|a, b| b.total_cmp(a));
+        (Some(values.iter().take(k).cloned().collect::<Vec<_>>()), Some(h.diag().sum()))
+    } else {
+        (None, None)
+    };
+    let report = SharpnessReport {
+        model: model.name(),
+        seed,
+        train_steps,
+        lr,
+        dim: obj.dim(),
+        loss: obj.loss(theta.view()),
+        lanczos: lanczos_result,
+        dense_top,
+        power_iteration: power,
+        trace,
+        dense_trace,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} (dim {}), after {} GD steps at lr {}: loss {:.6e}",
+            report.model, report.dim, train_steps, lr, report.loss
+        );
+        println!(
+            "\n{:>3} {:>22} {:>10} {:>22} {:>22} {:>10}",
+            "i", "Lanczos", "residual", "dense eigh", "power iteration", "residual"
+        );
+        for i in 0..report.lanczos.values.len() {
+            let dense = report.dense_top.as_ref().map_or("-".to_string(), |d| format!("{:.15e}", d[i]));
+            let (pv, pr) = (report.power_iteration.values.get(i), report.power_iteration.residuals.get(i));
+            println!(
+                "{:>3} {:>22.15e} {:>10.1e} {:>22} {:>22.15e} {:>10.1e}",
+                i,
+                report.lanczos.values[i],
+                report.lanczos.residuals[i],
+                dense,
+                pv.copied().unwrap_or(f64::NAN),
+                pr.copied().unwrap_or(f64::NAN)
+            );
+        }
+        println!(
+            "\nLanczos: {} operator applications, {} restarts, converged: {}; power iteration (PyHessian, 1e-3): {} applications",
+            report.lanczos.operator_applications,
+            report.lanczos.restarts,
+            report.lanczos.converged,
+            report.power_iteration.operator_applications
+        );
+        print!(
+            "trace (Hutch++, {} applications): {:.6e} ± {:.1e}",
+            report.trace.applications, report.trace.estimate, report.trace.stderr
+        );
+        match report.dense_trace {
+            Some(t) => println!("; exact {t:.6e}"),
+            None => println!(),
+        }
+    }
+    Ok(if report.lanczos.converged { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
 fn main() -> Result<ExitCode> {
     match Cli::parse().command {
         Command::Models { models: kinds, seed, json } => models(kinds, seed, json),
+        Command::Sharpness { model, train_steps, lr, k, tol, seed, json } => {
+            sharpness(model, train_steps, lr, k, tol, seed, json)
+        }
         Command::Bea {
             models: kinds,
             no_fashion_mnist,

@@ -91,3 +91,31 @@ fn bea_command_reports_every_check() {
     // The quadratic has no finite-sum structure: no SGD rows for it.
     assert!(!rows.iter().any(|r| r["model"] == "quadratic" && r["check"] == "sgd_coefficient"));
 }
+
+/// `fullbatch sharpness --json`: Lanczos eigenvalues agree with the dense eigh to 1e-8
+/// relative, with residuals at most the tolerance, and the trace estimate is within 4 of its
+/// standard errors of the exact trace.
+#[test]
+fn sharpness_command_matches_the_dense_answer() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fullbatch"))
+        .args(["sharpness", "--json", "--model", "mlp-softplus-ce", "--train-steps", "50", "--k", "2"])
+        .output()
+        .expect("run fullbatch");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON object");
+    let lanczos = r["lanczos"]["values"].as_array().unwrap();
+    let dense = r["dense_top"].as_array().unwrap();
+    for (l, d) in lanczos.iter().zip(dense) {
+        let (l, d) = (l.as_f64().unwrap(), d.as_f64().unwrap());
+        assert!((l - d).abs() <= 1e-8 * d.abs(), "{l} vs {d}");
+    }
+    for (res, l) in r["lanczos"]["residuals"].as_array().unwrap().iter().zip(lanczos) {
+        assert!(res.as_f64().unwrap() <= 1e-10 * l.as_f64().unwrap().abs() * (1.0 + 1e-9));
+    }
+    let (t, se, exact) = (
+        r["trace"]["estimate"].as_f64().unwrap(),
+        r["trace"]["stderr"].as_f64().unwrap(),
+        r["dense_trace"].as_f64().unwrap(),
+    );
+    assert!((t - exact).abs() <= 4.0 * se, "{t} ± {se} vs {exact}");
+}
