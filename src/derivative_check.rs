@@ -164,7 +164,7 @@ pub fn check_derivatives<O: Objective + ?Sized>(
 /// As [`ModelKind::instance`].
 pub fn check_model(kind: ModelKind, seed: u64, params: &DerivativeCheckParams) -> Result<DerivativeReport> {
     let instance = kind.instance(seed)?;
-    Ok(check_derivatives(instance.objective.as_ref(), instance.theta0.view(), params))
+    Ok(check_derivatives(instance.objective(), instance.theta0.view(), params))
 }
 
 #[cfg(test)]

@@ -241,7 +241,7 @@ fn sharpness(
     json: bool,
 ) -> Result<ExitCode> {
     let inst = model.instance(seed)?;
-    let obj = inst.objective.as_ref();
+    let obj = inst.objective();
     let params = OptimizerParams { lr, steps: train_steps, seed, ..OptimizerParams::default() };
     let (theta, _) = gradient_descent(obj, inst.theta0.view(), &params)?;
     let op = HessianOperator { objective: obj, theta: theta.clone() };

@@ -150,10 +150,10 @@ proptest! {
 #[test]
 fn sampled_orderings_agree_with_the_exact_average() {
     let inst = fullbatch::models::ModelKind::Logistic.instance(3).unwrap();
-    let fs = inst.finite_sum.as_deref().unwrap();
+    let fs = inst.finite_sum().unwrap();
     let theta = inst.theta0.view();
     let batches = equal_partition(fs.n_examples(), 4, 1).unwrap();
-    let hs: Vec<f64> = steps_for(inst.objective.as_ref(), &inst.theta0).iter().map(|h| h / 4.0).collect();
+    let hs: Vec<f64> = steps_for(inst.objective(), &inst.theta0).iter().map(|h| h / 4.0).collect();
     let p = AdaptiveParams::default();
     let exact =
         sgd_coefficient_asymptotic(fs, theta, &batches, &hs, Orderings::All, &p, &RangeSearch::default()).unwrap();

@@ -134,7 +134,7 @@ proptest! {
 fn finite_difference_operator_is_accurate() {
     for kind in ModelKind::all() {
         let inst = kind.instance(1).unwrap();
-        let obj = inst.objective.as_ref();
+        let obj = inst.objective();
         let fd = FiniteDifferenceHessian { objective: obj, theta: inst.theta0.clone() };
         for s in 0..3 {
             let v = normal_vector(obj.dim(), 1.0, s);

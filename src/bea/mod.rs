@@ -278,20 +278,21 @@ pub fn sgd_coefficient_asymptotic<O: FiniteSum + ?Sized>(
     search: &RangeSearch,
 ) -> Result<SgdMeasurement> {
     let mut hs = hs.to_vec();
-    for shrinks in 0.. {
+    let mut shrinks = 0;
+    loop {
         let m = sgd_coefficient(obj, theta, batches, &hs, which, params)?;
         let c = &m.coefficient;
         let tol = search.coefficient_spread;
+        let part = |k: usize| m.split_per_h.iter().map(|p| if k == 0 { p.0 } else { p.1 }).collect::<Vec<_>>();
         let settled = extrapolation_settled(&hs, &c.per_h, tol * c.estimate.abs())
             && (m.split_per_h.is_empty()
-                || (extrapolation_settled(&hs, &m.split_per_h.iter().map(|p| p.0).collect::<Vec<_>>(), tol)
-                    && extrapolation_settled(&hs, &m.split_per_h.iter().map(|p| p.1).collect::<Vec<_>>(), tol)));
+                || (extrapolation_settled(&hs, &part(0), tol) && extrapolation_settled(&hs, &part(1), tol)));
         if settled || shrinks == search.max_shrinks || c.reference_error_ratio > search.max_reference_ratio {
             return Ok(SgdMeasurement { shrinks, ..m });
         }
         hs.iter_mut().for_each(|h| *h *= search.factor);
+        shrinks += 1;
     }
-    unreachable!("the loop returns by max_shrinks")
 }
 
 fn order_measurement(hs: &[f64], errors: Vec<f64>, ratios: &[f64]) -> Result<OrderMeasurement> {
@@ -707,12 +708,12 @@ pub fn momentum_coefficient<O: Objective + ?Sized>(
     let flow = scaled_gradient_field(obj, 1.0 / (1.0 - beta));
     let burn_in = momentum_burn_in(beta);
     let mut series = CoefficientSeries::new();
+    // buffer_{-1} = g0 / (1 - beta) makes the first buffer beta g0/(1-beta) + g0 = g0/(1-beta).
+    let slow_buffer = obj.gradient(theta) / (1.0 - beta);
     for &h in hs {
         let mut x = theta.to_owned();
         let mut state = MomentumStep::new(momentum);
-        let g0 = obj.gradient(theta);
-        // buffer_{-1} = g0 / (1 - beta) makes the first buffer beta g0/(1-beta) + g0 = g0/(1-beta).
-        state.buffer = Some(&g0 / (1.0 - beta));
+        state.buffer = Some(slow_buffer.clone());
         for _ in 0..burn_in {
             let g = obj.gradient(x.view());
             state.apply(&mut x, g.view(), h);

@@ -1,7 +1,7 @@
 //! The suite behind `fullbatch bea`: every backward-error check on a set of models, as rows
 //! `{check, model, measured, stderr, expected, tolerance, pass}`.
 
-use ndarray::{Array1, ArrayView1};
+use ndarray::ArrayView1;
 use serde::Serialize;
 
 use super::{
@@ -13,20 +13,16 @@ use crate::Result;
 use crate::data::fashion_mnist;
 use crate::derivative_check::geometric_steps;
 use crate::integrate::AdaptiveParams;
-use crate::models::{self, Activation, ModelKind, OutputLoss};
-use crate::objective::{FiniteSum, Minibatch, Objective};
+use crate::models::{self, Activation, ModelInstance, ModelKind, OutputLoss};
+use crate::objective::{Minibatch, Objective};
 use crate::optim::Momentum;
 
-/// A model the suite runs on.
+/// A model the suite runs on, with its name in the output.
 pub struct SuiteModel {
     /// Name in the output.
     pub name: String,
-    /// The loss.
-    pub objective: Box<dyn Objective>,
-    /// The loss as a finite sum (needed by the SGD checks).
-    pub finite_sum: Option<Box<dyn FiniteSum>>,
-    /// Where the checks start.
-    pub theta0: Array1<f64>,
+    /// The model and its start point.
+    pub instance: ModelInstance,
 }
 
 /// Parameters of [`run_suite`]. Step sizes are relative to the model's time scale
@@ -141,13 +137,7 @@ fn row(
 pub fn suite_models(kinds: &[ModelKind], fashion_mnist: bool, seed: u64) -> Result<Vec<SuiteModel>> {
     let mut out = Vec::new();
     for &kind in kinds {
-        let inst = kind.instance(seed)?;
-        out.push(SuiteModel {
-            name: kind.name(),
-            objective: inst.objective,
-            finite_sum: inst.finite_sum,
-            theta0: inst.theta0,
-        });
+        out.push(SuiteModel { name: kind.name(), instance: kind.instance(seed)? });
     }
     if fashion_mnist {
         let data = fashion_mnist::load(
@@ -155,13 +145,7 @@ pub fn suite_models(kinds: &[ModelKind], fashion_mnist: bool, seed: u64) -> Resu
             &fashion_mnist::LoadOptions { subset: Some(64), seed, ..fashion_mnist::LoadOptions::default() },
         )?;
         let net = models::mlp(&data, &[8], 10, Activation::Tanh, OutputLoss::SoftmaxCrossEntropy)?;
-        let theta0 = net.initial_parameters(seed.wrapping_add(1000));
-        out.push(SuiteModel {
-            name: "fashion-mnist-mlp".into(),
-            objective: Box::new(net.clone()),
-            finite_sum: Some(Box::new(net)),
-            theta0,
-        });
+        out.push(SuiteModel { name: "fashion-mnist-mlp".into(), instance: ModelInstance::network(net, seed) });
     }
     Ok(out)
 }
@@ -203,8 +187,8 @@ pub fn run_suite(models: &[SuiteModel], params: &SuiteParams, mut progress: impl
     let p = &params.reference;
     for model in models {
         let name = model.name.as_str();
-        let obj = model.objective.as_ref();
-        let theta = model.theta0.view();
+        let obj = model.instance.objective();
+        let theta = model.instance.theta0.view();
         let tau = 1.0 / super::expansion_rate(obj, theta);
         let hs = geometric_steps(params.h_max * tau, params.h_min * tau, params.steps);
 
@@ -252,7 +236,7 @@ pub fn run_suite(models: &[SuiteModel], params: &SuiteParams, mut progress: impl
             c.reference_error_ratio,
         ));
 
-        if let Some(fs) = model.finite_sum.as_deref() {
+        if let Some(fs) = model.instance.finite_sum() {
             let batches = equal_partition(fs.n_examples(), params.minibatches, params.seed)?;
             let which = if params.sampled_orderings == 0 {
                 Orderings::All

@@ -55,7 +55,7 @@ fn main() -> Result<()> {
     for kind in bea_kinds {
         bar.set_message(kind.name());
         let inst = kind.instance(cli.seed)?;
-        let obj = inst.objective.as_ref();
+        let obj = inst.objective();
         let tau = 1.0 / expansion_rate(obj, inst.theta0.view());
         let curves = [GdFlow::Plain, GdFlow::FirstOrder, GdFlow::SecondOrder]
             .into_iter()

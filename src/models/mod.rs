@@ -121,14 +121,44 @@ pub enum ModelKind {
     DeepLinear,
 }
 
+/// A model, held once: a plain objective or a finite sum over examples.
+pub enum Model {
+    /// A loss without example structure (the quadratic).
+    Plain(Box<dyn Objective>),
+    /// A mean over examples (the networks).
+    FiniteSum(Box<dyn FiniteSum>),
+}
+
 /// A model together with the point its checks start from.
 pub struct ModelInstance {
     /// The model.
-    pub objective: Box<dyn Objective>,
-    /// The same model as a finite sum over examples (all but the quadratic).
-    pub finite_sum: Option<Box<dyn FiniteSum>>,
+    pub model: Model,
     /// A seeded starting point (the network's initialisation, or a random point).
     pub theta0: Array1<f64>,
+}
+
+impl ModelInstance {
+    /// A network with its seeded initialisation as the start point.
+    pub fn network(net: Network, seed: u64) -> ModelInstance {
+        let theta0 = net.initial_parameters(seed.wrapping_add(1000));
+        ModelInstance { model: Model::FiniteSum(Box::new(net)), theta0 }
+    }
+
+    /// The model as an objective.
+    pub fn objective(&self) -> &dyn Objective {
+        match &self.model {
+            Model::Plain(o) => o.as_ref(),
+            Model::FiniteSum(f) => f.as_ref(),
+        }
+    }
+
+    /// The model as a finite sum, when it is one.
+    pub fn finite_sum(&self) -> Option<&dyn FiniteSum> {
+        match &self.model {
+            Model::Plain(_) => None,
+            Model::FiniteSum(f) => Some(f.as_ref()),
+        }
+    }
 }
 
 impl ModelKind {
@@ -147,17 +177,14 @@ impl ModelKind {
     /// # Errors
     /// Only if a generator rejects its (fixed, valid) sizes, which would be a bug.
     pub fn instance(self, seed: u64) -> Result<ModelInstance> {
-        let network = |net: Network| {
-            let theta0 = net.initial_parameters(seed.wrapping_add(1000));
-            ModelInstance { objective: Box::new(net.clone()), finite_sum: Some(Box::new(net)), theta0 }
-        };
+        let network = |net: Network| ModelInstance::network(net, seed);
         Ok(match self {
             ModelKind::Quadratic => {
                 let d = 12;
                 let spectrum: Vec<f64> = (0..d).map(|i| -1.0 + 11.0 * i as f64 / (d - 1) as f64).collect();
                 let q = Quadratic::with_spectrum(&spectrum, 1.0, seed)?;
                 let theta0 = Array1::from_shape_fn(d, |i| ((i as f64 + 1.0) * 0.7 + seed as f64).sin());
-                ModelInstance { objective: Box::new(q), finite_sum: None, theta0 }
+                ModelInstance { model: Model::Plain(Box::new(q)), theta0 }
             }
             ModelKind::LeastSquares => {
                 network(least_squares(&data::teacher_student_regression(64, 8, 6, 3, 0.1, seed)?, 3)?)
