@@ -102,29 +102,35 @@ proptest! {
         let h = net.hessian(theta.view());
         let want = eigh_sorted(&h, Which::Largest);
         let norm_h = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-        prop_assume!(norm_h > 1e-8);
-        // The top eigenvalue (the sharpness). Lower eigenvalues of these small networks can sit
-        // 100x below ||H|| in tight clusters, where 1e-10 relative residuals stagnate (see the
-        // closing note of the sharpness work); the matrix test above covers k up to 4.
-        let k = 1;
-        let params = LanczosParams { k, seed, ..LanczosParams::default() };
+        // The HVP's rounding error is ~1e-16 times terms of order one (losses and activations
+        // of unit scale), not times ||H||: on degenerate networks with ||H|| < 1e-4 it exceeds
+        // the 1e-10 ||H|| floor asked for below.
+        prop_assume!(norm_h > 1e-4);
+        // The top three, with a residual floor of 1e-10 ||H||: these HVPs carry rounding errors
+        // up to ~4e-12 ||H|| (measured), so no smaller residual can be certified. A pair inside
+        // a cluster of near-zero eigenvalues (rank-deficient Hessians are common in these tiny
+        // networks) cannot reach even that without resolving the cluster (its width is the
+        // residual of any vector in it), so the cases whose third eigenvalue is below 1e-2 ||H||
+        // or within 1e-3 ||H|| of the fourth check k = 1.
+        let separated = want.len() > 3 && want[2] > 1e-2 * norm_h && (want[2] - want[3]) > 1e-3 * norm_h;
+        let k = if separated { 3 } else { 1 };
+        let params = LanczosParams { k, seed, floor: 1e-10, ..LanczosParams::default() };
         let exact = lanczos(&HessianOperator { objective: &net, theta: theta.clone() }, &params).unwrap();
-        prop_assert!(exact.converged, "{:?}", exact.residuals);
+        prop_assert!(exact.converged, "{:?} {:?} want {:?}", exact.residuals, exact.values, &want[..want.len().min(6)]);
         for i in 0..k {
             prop_assert!((exact.values[i] - want[i]).abs() <= 1e-8 * want[i].abs().max(1e-5 * norm_h), "{} vs {}", exact.values[i], want[i]);
         }
         // The difference operator's error is rounding, ~eps |g| / step = 4e-11 |g| (step
-        // 6e-6), plus truncation ~1e-10 ||H||, and it is slightly non-symmetric at that level:
-        // ask for residuals of 1e-7 relative with a floor of 100x that error, and compare the
-        // values to 1e-6 of the Hessian's norm plus the floor.
+        // 6e-6), plus truncation, typically ~1e-10 ||H|| but measured up to 6e-8 ||H|| on these
+        // random networks (large third derivatives), and it is slightly non-symmetric at that
+        // level: ask for the top pair with residuals of 1e-6 relative with a floor of 100x the
+        // rounding error, and compare the value to 1e-6 of the Hessian's norm plus the floor.
         let g = inf_norm(&net.gradient(theta.view()));
         let floor = 100.0 * (4e-11 * g / norm_h + 1e-10);
-        let fd_params = LanczosParams { tol: 1e-7, floor, ..params };
+        let fd_params = LanczosParams { k: 1, tol: 1e-6, floor, ..params };
         let fd = lanczos(&FiniteDifferenceHessian { objective: &net, theta: theta.clone() }, &fd_params).unwrap();
-        prop_assert!(fd.converged, "{:?}", fd.residuals);
-        for i in 0..k {
-            prop_assert!((fd.values[i] - want[i]).abs() <= (1e-6 + floor) * norm_h, "{} vs {}", fd.values[i], want[i]);
-        }
+        prop_assert!(fd.converged, "{:?} apps {} want {:?} floor {floor} g {g}", fd.residuals, fd.operator_applications, &want[..want.len().min(4)]);
+        prop_assert!((fd.values[0] - want[0]).abs() <= (1e-6 + floor) * norm_h, "{} vs {}", fd.values[0], want[0]);
     }
 }
 
