@@ -79,3 +79,122 @@ pub fn bea_order_figure(models: &[ModelOrderCurves]) -> Figure {
         panel_size: (560, 440),
     }
 }
+
+/// What the sharpness figure shows: one model's exact spectrum and what the matrix-free
+/// solvers found.
+pub struct SharpnessFigureData {
+    /// Model description for the title.
+    pub model: String,
+    /// Every eigenvalue of the dense Hessian, largest first.
+    pub exact: Vec<f64>,
+    /// Stochastic Lanczos quadrature.
+    pub density: crate::sharpness::trace::SpectralDensity,
+    /// Lanczos's top pairs.
+    pub lanczos: crate::sharpness::Eigenpairs,
+    /// Power iteration's top pairs (PyHessian's method).
+    pub power: crate::sharpness::Eigenpairs,
+}
+
+/// Three panels: the SLQ spectral density beside the exact eigenvalues smoothed with the same
+/// Gaussian; the top eigenvalues by dense eigh, Lanczos and power iteration; and their relative
+/// residuals $\|Hv - \lambda v\|/|\lambda|$ (the evidence for each number).
+pub fn sharpness_figure(data: &SharpnessFigureData) -> Figure {
+    let sigma = data.density.sigma;
+    let smoothed_exact: Vec<(f64, f64)> = data
+        .density
+        .grid
+        .iter()
+        .map(|&x| {
+            let norm = 1.0 / ((2.0 * std::f64::consts::PI).sqrt() * sigma * data.exact.len() as f64);
+            let y: f64 = data.exact.iter().map(|l| (-0.5 * ((x - l) / sigma).powi(2)).exp()).sum();
+            (x, y * norm)
+        })
+        .collect();
+    let peak = smoothed_exact.iter().fold(0.0f64, |m, p| m.max(p.1));
+    // Below 1e-6 of the peak the Gaussian tails only stretch the log axis.
+    let visible = |points: Vec<(f64, f64)>| points.into_iter().filter(|p| p.1 > 1e-6 * peak).collect::<Vec<_>>();
+    let slq: Vec<(f64, f64)> = data.density.grid.iter().cloned().zip(data.density.density.iter().cloned()).collect();
+    let indexed = |values: &[f64]| values.iter().enumerate().map(|(i, v)| (i as f64 + 1.0, *v)).collect::<Vec<_>>();
+    let relative = |e: &crate::sharpness::Eigenpairs| {
+        e.values.iter().zip(&e.residuals).enumerate().map(|(i, (l, r))| (i as f64 + 1.0, r / l.abs())).collect()
+    };
+    let k = data.lanczos.values.len();
+    Figure {
+        title: format!("Hessian spectrum of {}", data.model),
+        panels: vec![
+            Panel {
+                title: format!(
+                    "spectral density: SLQ ({} probes, {} HVPs) vs exact",
+                    data.density.nodes.len(),
+                    data.density.applications
+                ),
+                x_label: "eigenvalue λ".into(),
+                y_label: format!("density (Gaussian σ = {sigma:.2e})"),
+                x_scale: Scale::Linear,
+                y_scale: Scale::Log10,
+                series: vec![
+                    Series { label: "SLQ estimate".into(), points: visible(slq), color: 0, mark: Mark::Line },
+                    Series {
+                        label: "exact eigenvalues, same smoothing".into(),
+                        points: visible(smoothed_exact),
+                        color: 1,
+                        mark: Mark::Dashed,
+                    },
+                ],
+                legend: Legend::UpperRight,
+            },
+            Panel {
+                title: format!("top {k} eigenvalues"),
+                x_label: "index i".into(),
+                y_label: "eigenvalue λᵢ".into(),
+                x_scale: Scale::Linear,
+                y_scale: Scale::Linear,
+                series: vec![
+                    Series {
+                        label: "dense eigh (LAPACK)".into(),
+                        points: indexed(&data.exact[..k.min(data.exact.len())]),
+                        color: 7,
+                        mark: Mark::Line,
+                    },
+                    Series {
+                        label: format!("Lanczos ({} HVPs)", data.lanczos.operator_applications),
+                        points: indexed(&data.lanczos.values),
+                        color: 0,
+                        mark: Mark::Points,
+                    },
+                    Series {
+                        label: format!("power iteration ({} HVPs)", data.power.operator_applications),
+                        points: indexed(&data.power.values),
+                        color: 1,
+                        mark: Mark::Points,
+                    },
+                ],
+                legend: Legend::UpperRight,
+            },
+            Panel {
+                title: "evidence: relative residuals".into(),
+                x_label: "index i".into(),
+                y_label: "‖Hv − λv‖ / |λ|".into(),
+                x_scale: Scale::Linear,
+                y_scale: Scale::Log10,
+                series: vec![
+                    Series {
+                        label: "Lanczos (tol 1e-10)".into(),
+                        points: relative(&data.lanczos),
+                        color: 0,
+                        mark: Mark::LinePoints,
+                    },
+                    Series {
+                        label: "power iteration (PyHessian, 1e-3)".into(),
+                        points: relative(&data.power),
+                        color: 1,
+                        mark: Mark::LinePoints,
+                    },
+                ],
+                legend: Legend::MiddleRight,
+            },
+        ],
+        columns: 3,
+        panel_size: (560, 440),
+    }
+}

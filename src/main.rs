@@ -1,5 +1,6 @@
 //! `fullbatch`: the command-line entry to the toolkit.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -7,10 +8,11 @@ use clap::{Parser, Subcommand};
 use fullbatch::bea::{SuiteParams, run_suite, suite_models};
 use fullbatch::data::fashion_mnist;
 use fullbatch::derivative_check::{DerivativeCheckParams, DerivativeReport, check_model};
+use fullbatch::export::export_model;
 use fullbatch::models::ModelKind;
 use fullbatch::optim::{OptimizerParams, gradient_descent};
 use fullbatch::sharpness::trace::{TraceEstimate, hutch_plus_plus};
-use fullbatch::sharpness::{Eigenpairs, HessianOperator, LanczosParams, PowerParams, lanczos, power_iteration};
+use fullbatch::sharpness::{Eigenpairs, HessianOperator, LanczosParams, PowerParams, Which, lanczos, power_iteration};
 use indicatif::ProgressBar;
 use ndarray_linalg::{Eigh, UPLO};
 use serde::Serialize;
@@ -52,6 +54,10 @@ enum Command {
         /// Number of eigenvalues.
         #[arg(long, default_value_t = 3)]
         k: usize,
+        /// Which end of the spectrum Lanczos computes (power iteration always finds the largest
+        /// magnitudes, as in PyHessian).
+        #[arg(long, value_enum, default_value = "largest")]
+        which: Which,
         /// Relative residual tolerance of Lanczos.
         #[arg(long, default_value_t = 1e-10)]
         tol: f64,
@@ -61,6 +67,10 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Also write the model, its data, the point and these results as .npy + JSON into
+        /// this directory (check them with `python3 scripts/check_export.py DIR`).
+        #[arg(long, value_name = "DIR")]
+        export: Option<PathBuf>,
     },
     /// Backward-error analysis: measure the orders and coefficients of the modified flows of
     /// GD, SGD and momentum on toy models, and compare them with the theory.
@@ -215,6 +225,19 @@ fn bea(kinds: Vec<ModelKind>, no_fashion_mnist: bool, params: SuiteParams, json:
 /// Largest dimension for which the dense Hessian and LAPACK's eigh are computed as a check.
 const DENSE_LIMIT: usize = 5000;
 
+/// The options of `fullbatch sharpness`.
+struct SharpnessArgs {
+    model: ModelKind,
+    train_steps: usize,
+    lr: f64,
+    k: usize,
+    which: Which,
+    tol: f64,
+    seed: u64,
+    json: bool,
+    export: Option<PathBuf>,
+}
+
 #[derive(Serialize)]
 struct SharpnessReport {
     model: String,
@@ -223,6 +246,7 @@ struct SharpnessReport {
     lr: f64,
     dim: usize,
     loss: f64,
+    which: Which,
     lanczos: Eigenpairs,
     dense_top: Option<Vec<f64>>,
     power_iteration: Eigenpairs,
@@ -230,28 +254,25 @@ struct SharpnessReport {
     dense_trace: Option<f64>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn sharpness(
-    model: ModelKind,
-    train_steps: usize,
-    lr: f64,
-    k: usize,
-    tol: f64,
-    seed: u64,
-    json: bool,
-) -> Result<ExitCode> {
+fn sharpness(args: SharpnessArgs) -> Result<ExitCode> {
+    let SharpnessArgs { model, train_steps, lr, k, which, tol, seed, json, export } = args;
     let inst = model.instance(seed)?;
     let obj = inst.objective();
     let params = OptimizerParams { lr, steps: train_steps, seed, ..OptimizerParams::default() };
     let (theta, _) = gradient_descent(obj, inst.theta0.view(), &params)?;
     let op = HessianOperator { objective: obj, theta: theta.clone() };
-    let lanczos_result = lanczos(&op, &LanczosParams { k, tol, seed, ..LanczosParams::default() })?;
+    let lanczos_result = lanczos(&op, &LanczosParams { k, which, tol, seed, ..LanczosParams::default() })?;
     let power = power_iteration(&op, &PowerParams { k, seed, ..PowerParams::default() })?;
     let trace = hutch_plus_plus(&op, 3 * (obj.dim() / 3).clamp(2, 100), seed)?;
     let (dense_top, dense_trace) = if obj.dim() <= DENSE_LIMIT {
         let h = obj.hessian(theta.view());
         let (mut values, _) = h.eigh(UPLO::Lower)?;
-        values.as_slice_mut().expect("fresh array").sort_by(|a, b| b.total_cmp(a));
+        let key = |x: f64| match which {
+            Which::Largest => -x,
+            Which::Smallest => x,
+            Which::LargestMagnitude => -x.abs(),
+        };
+        values.as_slice_mut().expect("fresh array").sort_by(|a, b| key(*a).total_cmp(&key(*b)));
         (Some(values.iter().take(k).cloned().collect::<Vec<_>>()), Some(h.diag().sum()))
     } else {
         (None, None)
@@ -263,12 +284,18 @@ fn sharpness(
         lr,
         dim: obj.dim(),
         loss: obj.loss(theta.view()),
+        which,
         lanczos: lanczos_result,
         dense_top,
         power_iteration: power,
         trace,
         dense_trace,
     };
+    if let Some(dir) = &export {
+        let vectors = [("eigenvectors", report.lanczos.vectors.view())];
+        let files = export_model(&inst.model, theta.view(), serde_json::to_value(&report)?, &vectors, dir)?;
+        eprintln!("exported {} files to {}", files.len(), dir.display());
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -278,7 +305,7 @@ fn sharpness(
         );
         println!(
             "\n{:>3} {:>22} {:>10} {:>22} {:>22} {:>10}",
-            "i", "Lanczos", "residual", "dense eigh", "power iteration", "residual"
+            "i", "Lanczos", "residual", "dense eigh", "power (|largest|)", "residual"
         );
         for i in 0..report.lanczos.values.len() {
             let dense = report.dense_top.as_ref().map_or("-".to_string(), |d| format!("{:.15e}", d[i]));
@@ -315,8 +342,8 @@ fn sharpness(
 fn main() -> Result<ExitCode> {
     match Cli::parse().command {
         Command::Models { models: kinds, seed, json } => models(kinds, seed, json),
-        Command::Sharpness { model, train_steps, lr, k, tol, seed, json } => {
-            sharpness(model, train_steps, lr, k, tol, seed, json)
+        Command::Sharpness { model, train_steps, lr, k, which, tol, seed, json, export } => {
+            sharpness(SharpnessArgs { model, train_steps, lr, k, which, tol, seed, json, export })
         }
         Command::Bea {
             models: kinds,

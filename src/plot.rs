@@ -115,6 +115,8 @@ pub enum Legend {
     LowerLeft,
     /// Bottom right corner.
     LowerRight,
+    /// Right edge, half-way up.
+    MiddleRight,
 }
 
 /// One chart.
@@ -220,6 +222,7 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
             Legend::UpperLeft => SeriesLabelPosition::UpperLeft,
             Legend::LowerLeft => SeriesLabelPosition::LowerLeft,
             Legend::LowerRight => SeriesLabelPosition::LowerRight,
+            Legend::MiddleRight => SeriesLabelPosition::MiddleRight,
         })
         .draw()
         .map_err(|e| format!("{e:?}"))?;

@@ -119,3 +119,65 @@ fn sharpness_command_matches_the_dense_answer() {
     );
     assert!((t - exact).abs() <= 4.0 * se, "{t} ± {se} vs {exact}");
 }
+
+/// `fullbatch sharpness --export DIR`: the files are complete (a network rebuilt from spec.json,
+/// inputs.npy and targets.npy has the reported loss at theta.npy; the exported eigenvectors
+/// have the reported residuals), `--which smallest` is honoured, and a directory that is not an
+/// export is refused and left untouched.
+#[test]
+fn sharpness_export_is_complete() {
+    use fullbatch::data::{Dataset, Targets};
+    use fullbatch::export::{ExportedModel, read_export_spec};
+    use fullbatch::models::Network;
+    use fullbatch::objective::Objective;
+    use ndarray::{Array1, Array2};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("export");
+    let out = Command::new(env!("CARGO_BIN_EXE_fullbatch"))
+        .args(["sharpness", "--json", "--model", "mlp-gelu-ce", "--train-steps", "20", "--k", "2"])
+        .args(["--which", "smallest", "--export"])
+        .arg(&dir)
+        .output()
+        .expect("run fullbatch");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON object");
+    assert_eq!(report["which"], "smallest");
+    let spec = read_export_spec(&dir).unwrap();
+    assert_eq!(spec.results["lanczos"]["values"], report["lanczos"]["values"]);
+    let theta: Array1<f64> = ndarray_npy::read_npy(dir.join("theta.npy")).unwrap();
+    let inputs: Array2<f64> = ndarray_npy::read_npy(dir.join("inputs.npy")).unwrap();
+    let targets: Array2<f64> = ndarray_npy::read_npy(dir.join("targets.npy")).unwrap();
+    let vectors: Array2<f64> = ndarray_npy::read_npy(dir.join("eigenvectors.npy")).unwrap();
+    let ExportedModel::Network { spec: net_spec, layout, .. } = spec.model else { panic!("not a network") };
+    // Targets are one-hot for this cross-entropy model: recover the labels.
+    let labels = targets.rows().into_iter().map(|r| r.iter().position(|&t| t == 1.0).unwrap()).collect();
+    let data = Dataset { inputs, targets: Targets::Classes { labels, n_classes: net_spec.output_dim } };
+    let net = Network::new(net_spec, &data).unwrap();
+    assert_eq!(net.parameter_layout(), layout);
+    assert_eq!(net.loss(theta.view()), report["loss"].as_f64().unwrap());
+    let values = report["lanczos"]["values"].as_array().unwrap();
+    let dense = report["dense_top"].as_array().unwrap();
+    for (i, value) in values.iter().enumerate() {
+        let (lambda, exact) = (value.as_f64().unwrap(), dense[i].as_f64().unwrap());
+        assert!((lambda - exact).abs() <= 1e-8 * exact.abs().max(1e-5), "{lambda} vs {exact}");
+        let v = vectors.column(i);
+        let residual = (net.hvp(theta.view(), v) - &v * lambda).mapv(|x| x * x).sum().sqrt();
+        let reported = report["lanczos"]["residuals"][i].as_f64().unwrap();
+        assert!((residual - reported).abs() <= 1e-3 * reported + 1e-14, "{residual} vs {reported}");
+    }
+    // Smallest first.
+    assert!(values[0].as_f64().unwrap() <= values[1].as_f64().unwrap());
+
+    let other = tmp.path().join("not-an-export");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("keep.txt"), "mine").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fullbatch"))
+        .args(["sharpness", "--model", "quadratic", "--export"])
+        .arg(&other)
+        .output()
+        .expect("run fullbatch");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a fullbatch export"));
+    assert_eq!(std::fs::read_to_string(other.join("keep.txt")).unwrap(), "mine");
+}

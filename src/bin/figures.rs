@@ -7,11 +7,17 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use fullbatch::bea::{GdFlow, SuiteParams, expansion_rate, local_order_curve};
+use fullbatch::data;
 use fullbatch::derivative_check::{DerivativeCheckParams, check_model};
-use fullbatch::figures::{bea_order_figure, derivative_check_figure};
-use fullbatch::models::ModelKind;
+use fullbatch::figures::{SharpnessFigureData, bea_order_figure, derivative_check_figure, sharpness_figure};
+use fullbatch::models::{self, Activation, ModelKind, OutputLoss};
+use fullbatch::objective::Objective;
+use fullbatch::optim::{OptimizerParams, gradient_descent};
 use fullbatch::plot::render;
+use fullbatch::sharpness::trace::{DensityParams, spectral_density};
+use fullbatch::sharpness::{HessianOperator, LanczosParams, PowerParams, lanczos, power_iteration};
 use indicatif::{ProgressBar, ProgressStyle};
+use ndarray_linalg::{Eigh, UPLO};
 
 #[derive(Parser)]
 #[command(name = "figures", about = "Draw the toolkit's figures (PNG and SVG)")]
@@ -28,6 +34,26 @@ struct Cli {
 struct Entry {
     stem: &'static str,
     shows: &'static str,
+}
+
+/// The sharpness figure's model: a tanh MLP 20-40-4 with cross-entropy on 256 teacher-student
+/// examples, after 300 GD steps at lr 0.5 (1,004 parameters: small enough for the dense eigh).
+fn sharpness_data(seed: u64) -> Result<SharpnessFigureData> {
+    let data = data::teacher_student_classes(256, 20, 10, 4, seed)?;
+    let net = models::mlp(&data, &[40], 4, Activation::Tanh, OutputLoss::SoftmaxCrossEntropy)?;
+    let train = OptimizerParams { lr: 0.5, steps: 300, seed, ..OptimizerParams::default() };
+    let (theta, _) = gradient_descent(&net, net.initial_parameters(seed).view(), &train)?;
+    let (mut exact, _) = net.hessian(theta.view()).eigh(UPLO::Lower)?;
+    exact.as_slice_mut().context("contiguous eigenvalues")?.sort_by(|a, b| b.total_cmp(a));
+    let op = HessianOperator { objective: &net, theta: theta.clone() };
+    let k = 10;
+    Ok(SharpnessFigureData {
+        model: format!("a tanh MLP 20-40-4 ({} parameters) after 300 GD steps", net.dim()),
+        exact: exact.to_vec(),
+        density: spectral_density(&op, &DensityParams { seed, ..DensityParams::default() })?,
+        lanczos: lanczos(&op, &LanczosParams { k, seed, ..LanczosParams::default() })?,
+        power: power_iteration(&op, &PowerParams { k, seed, ..PowerParams::default() })?,
+    })
 }
 
 fn main() -> Result<()> {
@@ -66,6 +92,14 @@ fn main() -> Result<()> {
     }
     bar.finish_and_clear();
 
+    bar.set_prefix("sharpness");
+    bar.set_length(1);
+    bar.set_position(0);
+    bar.set_message("MLP 20-40-4");
+    let sharpness = sharpness_data(cli.seed)?;
+    bar.inc(1);
+    bar.finish_and_clear();
+
     let entries = [
         Entry {
             stem: "derivative_check",
@@ -75,8 +109,12 @@ fn main() -> Result<()> {
             stem: "bea_orders",
             shows: "one-step error of GD against the plain, first- and second-order modified flows vs the step size, with fitted slopes (theory: 2, 3, 4)",
         },
+        Entry {
+            stem: "sharpness",
+            shows: "Hessian of a trained tanh MLP 20-40-4 (1,004 parameters): SLQ spectral density vs the exact eigenvalues, top-10 eigenvalues by dense eigh, Lanczos and power iteration, and their relative residuals",
+        },
     ];
-    let figures = [derivative_check_figure(&reports), bea_order_figure(&bea_curves)];
+    let figures = [derivative_check_figure(&reports), bea_order_figure(&bea_curves), sharpness_figure(&sharpness)];
     for (entry, fig) in entries.iter().zip(&figures) {
         for path in render(fig, &cli.out.join(entry.stem))? {
             println!("wrote {}", path.display());

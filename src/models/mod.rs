@@ -7,7 +7,7 @@
 mod network;
 mod quadratic;
 
-pub use network::{Activation, Network, NetworkSpec, OutputLoss};
+pub use network::{Activation, Network, NetworkSpec, OutputLoss, ParameterBlock};
 pub use quadratic::{Quadratic, random_orthogonal};
 
 use clap::ValueEnum;
@@ -121,12 +121,13 @@ pub enum ModelKind {
     DeepLinear,
 }
 
-/// A model, held once: a plain objective or a finite sum over examples.
+/// A model, held once: a quadratic (no example structure) or a network (a finite sum over
+/// examples).
 pub enum Model {
-    /// A loss without example structure (the quadratic).
-    Plain(Box<dyn Objective>),
-    /// A mean over examples (the networks).
-    FiniteSum(Box<dyn FiniteSum>),
+    /// A loss without example structure.
+    Quadratic(Quadratic),
+    /// A mean over examples.
+    Network(Network),
 }
 
 /// A model together with the point its checks start from.
@@ -141,22 +142,22 @@ impl ModelInstance {
     /// A network with its seeded initialisation as the start point.
     pub fn network(net: Network, seed: u64) -> ModelInstance {
         let theta0 = net.initial_parameters(seed.wrapping_add(1000));
-        ModelInstance { model: Model::FiniteSum(Box::new(net)), theta0 }
+        ModelInstance { model: Model::Network(net), theta0 }
     }
 
     /// The model as an objective.
     pub fn objective(&self) -> &dyn Objective {
         match &self.model {
-            Model::Plain(o) => o.as_ref(),
-            Model::FiniteSum(f) => f.as_ref(),
+            Model::Quadratic(q) => q,
+            Model::Network(n) => n,
         }
     }
 
     /// The model as a finite sum, when it is one.
     pub fn finite_sum(&self) -> Option<&dyn FiniteSum> {
         match &self.model {
-            Model::Plain(_) => None,
-            Model::FiniteSum(f) => Some(f.as_ref()),
+            Model::Quadratic(_) => None,
+            Model::Network(n) => Some(n),
         }
     }
 }
@@ -184,7 +185,7 @@ impl ModelKind {
                 let spectrum: Vec<f64> = (0..d).map(|i| -1.0 + 11.0 * i as f64 / (d - 1) as f64).collect();
                 let q = Quadratic::with_spectrum(&spectrum, 1.0, seed)?;
                 let theta0 = Array1::from_shape_fn(d, |i| ((i as f64 + 1.0) * 0.7 + seed as f64).sin());
-                ModelInstance { model: Model::Plain(Box::new(q)), theta0 }
+                ModelInstance { model: Model::Quadratic(q), theta0 }
             }
             ModelKind::LeastSquares => {
                 network(least_squares(&data::teacher_student_regression(64, 8, 6, 3, 0.1, seed)?, 3)?)

@@ -184,6 +184,17 @@ pub struct NetworkSpec {
     pub loss: OutputLoss,
 }
 
+/// One named parameter tensor inside the flattened parameter vector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParameterBlock {
+    /// `W1`, `b1`, `W2`, ...
+    pub name: String,
+    /// Index of its first entry.
+    pub offset: usize,
+    /// Its shape (row-major).
+    pub shape: Vec<usize>,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Layer {
     fan_in: usize,
@@ -301,6 +312,23 @@ impl Network {
         };
         let (layers, dim) = spec.layers();
         Ok(Network { spec, layers, dim, inputs: data.inputs.clone(), targets, pool: BufferPool::default() })
+    }
+
+    /// Where each weight matrix and bias sits in the flattened parameter vector, in order:
+    /// `W1` ($d_1 \times d_0$, row-major), `b1` (when biases are on), `W2`, ...
+    pub fn parameter_layout(&self) -> Vec<ParameterBlock> {
+        let mut blocks = Vec::new();
+        for (l, layer) in self.layers.iter().enumerate() {
+            blocks.push(ParameterBlock {
+                name: format!("W{}", l + 1),
+                offset: layer.weight_offset,
+                shape: vec![layer.fan_out, layer.fan_in],
+            });
+            if let Some(offset) = layer.bias_offset {
+                blocks.push(ParameterBlock { name: format!("b{}", l + 1), offset, shape: vec![layer.fan_out] });
+            }
+        }
+        blocks
     }
 
     /// The architecture.
