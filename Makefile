@@ -1,6 +1,6 @@
 # fullbatch: the two entry points of the README, plus what they need.
 #   make figures   draw every figure into figures/ (the main job)
-#   make test      run every test
+#   make test      run every test (the burn tests in release, with the `burn` feature)
 # Both first install the Debian packages the project needs when they are missing.
 
 SHELL := /bin/bash
@@ -31,6 +31,8 @@ figures: deps
 test: deps
 	$(CARGO) test --doc
 	$(CARGO) test --all-targets
+	# burn's kernels compile in this crate: its tests run in release (debug is ~100x slower).
+	$(CARGO) test --release --features burn --test deep
 
 check-models: deps
 	$(CARGO) run --release --bin fullbatch -- models

@@ -12,13 +12,21 @@
 //! - [`optim`]: GD, SGD (reshuffling, with replacement), heavy-ball and Nesterov momentum.
 //! - [`derivative_check`]: finite-difference evidence that the exact derivatives are right.
 //! - [`plot`]: figures with plotters, text from an embedded font.
+//! - `deep` (feature `burn`; `f32`): ResNet-18 on CIFAR with burn, full-batch gradients,
+//!   clipping, schedule.
 //!
-//! Precision: everything here is `f64`.
+//! - [`export`]: a model, a point and results as `.npy` + JSON, to check our numbers in Python.
+//!
+//! Precision: the theory (everything but `deep`) is `f64`; `deep` is `f32`, the precision of
+//! burn's GPU kernels and of the paper's runs.
 
 pub mod bea;
 pub mod data;
+#[cfg(feature = "burn")]
+pub mod deep;
 pub mod derivative_check;
 mod error;
+pub mod export;
 pub mod figures;
 pub mod integrate;
 pub mod models;

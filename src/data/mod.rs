@@ -1,6 +1,8 @@
 //! Data sets: a small in-memory [`Dataset`] type, seeded synthetic generators, and the reader of
 //! Fashion-MNIST's idx files ([`fashion_mnist`]).
+//! CIFAR-10's binary files and CIFAR-shaped byte images (padded Fashion-MNIST, synthetic, augmentation): [`cifar`].
 
+pub mod cifar;
 pub mod fashion_mnist;
 pub mod idx;
 
