@@ -37,7 +37,12 @@ fn summary(e: &Eigenpairs, seconds: f64) -> serde_json::Value {
 }
 
 fn main() -> Result<()> {
-    // `cargo bench` passes `--bench`; keep only positional arguments.
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it:
+    // then there is nothing to time.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("lanczos_vs_power: a benchmark; run it with `cargo bench --bench lanczos_vs_power`");
+        return Ok(());
+    }
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let out = PathBuf::from(args.first().cloned().unwrap_or_else(|| "benches/results/lanczos_vs_power.json".into()));
     let export_dir = PathBuf::from(args.get(1).cloned().unwrap_or_else(|| "target/lanczos-export".into()));
