@@ -198,3 +198,136 @@ pub fn sharpness_figure(data: &SharpnessFigureData) -> Figure {
         panel_size: (560, 440),
     }
 }
+
+/// Training curves of a toy experiment, one series per variant (mean over seeds): training
+/// loss, test accuracy and $\lambda_{\max}$ against the step, and each run's final test accuracy
+/// against its final $\lambda_{\max}$.
+pub fn generalisation_figure(
+    results: &crate::experiment::ExperimentResults,
+    log: &[crate::experiment::Evaluation],
+) -> Figure {
+    use crate::experiment::mean_curve;
+    let variants: Vec<&str> = results.config.variants.iter().map(|v| v.label.as_str()).collect();
+    let curves = |pick: fn(&crate::experiment::Evaluation) -> Option<f64>, mark: Mark| {
+        variants
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Series { label: v.to_string(), points: mean_curve(log, v, pick), color: i, mark })
+            .collect::<Vec<_>>()
+    };
+    let panel = |title: &str, y_label: &str, y_scale: Scale, series: Vec<Series>, legend: Legend| Panel {
+        title: title.into(),
+        x_label: "step".into(),
+        y_label: y_label.into(),
+        x_scale: Scale::Linear,
+        y_scale,
+        series,
+        legend,
+    };
+    let seeds = results.config.seeds.len();
+    let scatter = variants
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Series {
+            label: v.to_string(),
+            points: results
+                .runs
+                .iter()
+                .filter(|r| r.variant == *v && r.diverged.is_none())
+                .filter_map(|r| Some((r.last.lambda_max?, r.last.test_accuracy)))
+                .collect(),
+            color: i,
+            mark: Mark::Points,
+        })
+        .collect();
+    Figure {
+        title: format!("{} — {} (mean of {seeds} seeds)", results.config.name, results.data_used),
+        panels: vec![
+            panel(
+                "training loss",
+                "L(θ) (unregularised)",
+                Scale::Log10,
+                curves(|e| Some(e.train_loss), Mark::Line),
+                Legend::LowerLeft,
+            ),
+            panel(
+                "test accuracy",
+                "accuracy",
+                Scale::Linear,
+                curves(|e| Some(e.test_accuracy), Mark::Line),
+                Legend::LowerRight,
+            ),
+            panel(
+                "sharpness",
+                "λ_max of the training loss",
+                Scale::Linear,
+                curves(|e| e.lambda_max, Mark::Line),
+                Legend::UpperLeft,
+            ),
+            Panel {
+                title: "end of training, one point per run".into(),
+                x_label: "λ_max".into(),
+                y_label: "test accuracy".into(),
+                x_scale: Scale::Linear,
+                y_scale: Scale::Linear,
+                series: scatter,
+                legend: Legend::LowerLeft,
+            },
+        ],
+        columns: 2,
+        panel_size: (640, 460),
+    }
+}
+
+/// Edge of stability: training loss and $\lambda_{\max}$ against the step for each step size
+/// $h$, with the stability threshold $2/h$ dashed in the same colour.
+pub fn edge_of_stability_figure(
+    results: &crate::experiment::ExperimentResults,
+    log: &[crate::experiment::Evaluation],
+) -> Figure {
+    use crate::experiment::mean_curve;
+    let mut loss = Vec::new();
+    let mut sharp = Vec::new();
+    for (i, v) in results.config.variants.iter().enumerate() {
+        loss.push(Series {
+            label: v.label.clone(),
+            points: mean_curve(log, &v.label, |e| Some(e.train_loss)),
+            color: i,
+            mark: Mark::Line,
+        });
+        let curve = mean_curve(log, &v.label, |e| e.lambda_max);
+        let last_step = curve.last().map_or(v.steps as f64, |p| p.0);
+        sharp.push(Series { label: format!("λ_max, {}", v.label), points: curve, color: i, mark: Mark::Line });
+        sharp.push(Series {
+            label: format!("2/h = {}", 2.0 / v.lr),
+            points: vec![(0.0, 2.0 / v.lr), (last_step, 2.0 / v.lr)],
+            color: i,
+            mark: Mark::Dashed,
+        });
+    }
+    Figure {
+        title: format!("Edge of stability: full-batch GD — {}", results.data_used),
+        panels: vec![
+            Panel {
+                title: "training loss".into(),
+                x_label: "step".into(),
+                y_label: "L(θ)".into(),
+                x_scale: Scale::Linear,
+                y_scale: Scale::Log10,
+                series: loss,
+                legend: Legend::UpperRight,
+            },
+            Panel {
+                title: "sharpness vs the stability threshold 2/h".into(),
+                x_label: "step".into(),
+                y_label: "λ_max (Lanczos, warm-started)".into(),
+                x_scale: Scale::Linear,
+                y_scale: Scale::Linear,
+                series: sharp,
+                legend: Legend::UpperRight,
+            },
+        ],
+        columns: 2,
+        panel_size: (640, 460),
+    }
+}

@@ -15,6 +15,7 @@
 //! - `deep` (feature `burn`; `f32`): ResNet-18 on CIFAR with burn, full-batch gradients,
 //!   clipping, schedule.
 //!
+//! - [`experiment`]: the toy-experiment runner (TOML configs, run directories, caching).
 //! - [`export`]: a model, a point and results as `.npy` + JSON, to check our numbers in Python.
 //!
 //! Precision: the theory (everything but `deep`) is `f64`; `deep` is `f32`, the precision of
@@ -26,6 +27,7 @@ pub mod data;
 pub mod deep;
 pub mod derivative_check;
 mod error;
+pub mod experiment;
 pub mod export;
 pub mod figures;
 pub mod integrate;

@@ -9,7 +9,11 @@ use clap::Parser;
 use fullbatch::bea::{GdFlow, SuiteParams, expansion_rate, local_order_curve};
 use fullbatch::data;
 use fullbatch::derivative_check::{DerivativeCheckParams, check_model};
-use fullbatch::figures::{SharpnessFigureData, bea_order_figure, derivative_check_figure, sharpness_figure};
+use fullbatch::experiment::{ExperimentConfig, read_log, run_cached};
+use fullbatch::figures::{
+    SharpnessFigureData, bea_order_figure, derivative_check_figure, edge_of_stability_figure, generalisation_figure,
+    sharpness_figure,
+};
 use fullbatch::models::{self, Activation, ModelKind, OutputLoss};
 use fullbatch::objective::Objective;
 use fullbatch::optim::{OptimizerParams, gradient_descent};
@@ -28,6 +32,12 @@ struct Cli {
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Toy-experiment configs (run when their results are missing).
+    #[arg(long, default_value = "experiments/toy")]
+    configs: PathBuf,
+    /// Cache of experiment results, keyed by config hash.
+    #[arg(long, default_value = "experiments/results/toy")]
+    results: PathBuf,
 }
 
 /// One entry of the index: file stem, what it shows, how it was made.
@@ -100,6 +110,35 @@ fn main() -> Result<()> {
     bar.inc(1);
     bar.finish_and_clear();
 
+    // Toy experiments: run what is missing (cached by config hash), then draw.
+    let mut experiments = Vec::new();
+    for name in ["generalisation", "edge_of_stability"] {
+        let path = cli.configs.join(format!("{name}.toml"));
+        let config = ExperimentConfig::load(&path)?;
+        let bar = ProgressBar::new(1).with_style(
+            ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} runs {msg} ({elapsed}, eta {eta})")?
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(name);
+        let run_started = std::time::Instant::now();
+        let (results, dir, cached) = run_cached(&config, &cli.results, &mut |done, total, msg| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(msg.to_string());
+            bar.suspend(|| eprintln!("  {name}: {done}/{total} runs done at {:.0} s; next: {msg}", run_started.elapsed().as_secs_f64()));
+        })?;
+        bar.finish_and_clear();
+        println!(
+            "{name}: {} ({}, {:.0} s when run, data: {})",
+            dir.display(),
+            if cached { "cached" } else { "ran now" },
+            results.seconds,
+            results.data_used
+        );
+        let log = read_log(&dir)?;
+        experiments.push((results, log));
+    }
+
     let entries = [
         Entry {
             stem: "derivative_check",
@@ -113,8 +152,22 @@ fn main() -> Result<()> {
             stem: "sharpness",
             shows: "Hessian of a trained tanh MLP 20-40-4 (1,004 parameters): SLQ spectral density vs the exact eigenvalues, top-10 eigenvalues by dense eigh, Lanczos and power iteration, and their relative residuals",
         },
+        Entry {
+            stem: "generalisation",
+            shows: "experiments/toy/generalisation.toml: SGD, GD, GD + SGD's explicit regulariser, GD + GD's, GD at 4x the lr on a tanh MLP (Fashion-MNIST subset): training loss, test accuracy and lambda_max over training, and final test accuracy vs lambda_max per run",
+        },
+        Entry {
+            stem: "edge_of_stability",
+            shows: "experiments/toy/edge_of_stability.toml: full-batch GD at three step sizes h; training loss, and lambda_max (warm-started Lanczos) against the stability threshold 2/h",
+        },
     ];
-    let figures = [derivative_check_figure(&reports), bea_order_figure(&bea_curves), sharpness_figure(&sharpness)];
+    let figures = [
+        derivative_check_figure(&reports),
+        bea_order_figure(&bea_curves),
+        sharpness_figure(&sharpness),
+        generalisation_figure(&experiments[0].0, &experiments[0].1),
+        edge_of_stability_figure(&experiments[1].0, &experiments[1].1),
+    ];
     for (entry, fig) in entries.iter().zip(&figures) {
         for path in render(fig, &cli.out.join(entry.stem))? {
             println!("wrote {}", path.display());
