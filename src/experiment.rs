@@ -17,9 +17,10 @@
 //! reused as is.
 //!
 //! Regularisers, for step size $h$ (the variant's lr):
-//! - `sgd`: $L + \frac{h}{4m}\sum_{k=1}^m \|\nabla L_k\|^2$ over $m$ fixed blocks of
-//!   `regulariser_batch_size` examples (SGD's implicit regulariser, Smith et al. 2021), exact
-//!   gradient through block HVPs ([`MinibatchGradientPenalty`]);
+//! - `sgd`: $L + \frac{h}{4m}\sum_{k=1}^m \|\nabla L_k\|^2$ over $m$ fixed consecutive blocks
+//!   of `regulariser_batch_size` examples, the last incomplete block dropped (SGD's implicit
+//!   regulariser, Smith et al. 2021), exact gradient through block HVPs
+//!   ([`MinibatchGradientPenalty`]);
 //! - `gd`: $L + \frac h4\|\nabla L\|^2$ (GD's own, Barrett & Dherin 2021; [`GradientNormPenalty`]).
 
 use std::fs;
