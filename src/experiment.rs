@@ -370,16 +370,6 @@ fn load_data(config: &DataConfig) -> Result<(Dataset, Dataset, String)> {
     Ok((train, test, format!("{what} ({} train, {} test)", config.train, config.test)))
 }
 
-fn git_commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
 /// Progress reports of [`run_cached`]: called with (runs done, runs in all, message).
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize, &str);
 
@@ -469,7 +459,7 @@ fn run_into(
         config: config.clone(),
         hash: hash.to_string(),
         data_used: data_used.to_string(),
-        commit: git_commit(),
+        commit: crate::provenance::git_commit(),
         finished_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         seconds: started.elapsed().as_secs_f64(),
         runs,

@@ -35,6 +35,7 @@ pub mod models;
 pub mod objective;
 pub mod optim;
 pub mod plot;
+pub mod provenance;
 pub mod sharpness;
 pub mod stats;
 

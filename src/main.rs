@@ -106,6 +106,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Train a ResNet as a configuration file says (full batch or SGD), into a run directory
+    /// with a JSONL log and checkpoints; or, with --check-gradient / --bench, the device checks.
+    #[cfg(feature = "burn")]
+    Train(Box<train_cmd::TrainArgs>),
 }
 
 #[derive(Serialize)]
@@ -341,6 +345,8 @@ fn sharpness(args: SharpnessArgs) -> Result<ExitCode> {
 
 fn main() -> Result<ExitCode> {
     match Cli::parse().command {
+        #[cfg(feature = "burn")]
+        Command::Train(args) => train_cmd::train(*args),
         Command::Models { models: kinds, seed, json } => models(kinds, seed, json),
         Command::Sharpness { model, train_steps, lr, k, which, tol, seed, json, export } => {
             sharpness(SharpnessArgs { model, train_steps, lr, k, which, tol, seed, json, export })
@@ -368,6 +374,221 @@ fn main() -> Result<ExitCode> {
                 ..SuiteParams::default()
             };
             bea(kinds, no_fashion_mnist, params, json)
+        }
+    }
+}
+
+/// `fullbatch train`: the burn half's command (feature `burn`; CUDA with feature `cuda`).
+#[cfg(feature = "burn")]
+mod train_cmd {
+    use std::path::{Path, PathBuf};
+    use std::process::ExitCode;
+    use std::sync::atomic::AtomicBool;
+
+    use anyhow::{Context, Result, bail};
+    use burn::tensor::backend::AutodiffBackend;
+    use fullbatch::Error;
+    use fullbatch::deep::config::RunConfig;
+    use fullbatch::deep::run::{self, RunOptions};
+
+    /// The backend to run on.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+    pub enum BackendChoice {
+        /// burn's Flex CPU backend (f32).
+        Cpu,
+        /// burn's CUDA backend (f32, TF32 tensor cores; needs the `cuda` feature).
+        Cuda,
+    }
+
+    /// The options of `fullbatch train`.
+    #[derive(Debug, clap::Args)]
+    pub struct TrainArgs {
+        /// The run configuration (TOML, see experiments/cifar10/). With --resume it may be left
+        /// out: the run directory's config.toml is used.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The data directory: CIFAR-10 binary version, or Fashion-MNIST idx files (default:
+        /// FULLBATCH_CIFAR10 / FULLBATCH_FASHION_MNIST / /usr/share/datasets/fashion-mnist).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// The run directory (default: runs/NAME, NAME from the configuration).
+        #[arg(long, value_name = "RUN_DIR")]
+        out: Option<PathBuf>,
+        /// Continue the run in --out from its latest checkpoint (same backend: bit-for-bit).
+        #[arg(long)]
+        resume: bool,
+        /// Stop with a checkpoint once this many steps (epochs in SGD mode) are done.
+        #[arg(long, value_name = "N")]
+        max_steps: Option<usize>,
+        /// The backend (default: cuda when built with the `cuda` feature, else cpu).
+        #[arg(long, value_enum)]
+        backend: Option<BackendChoice>,
+        /// No progress bar.
+        #[arg(long)]
+        no_progress: bool,
+        /// Instead of training: compare one minibatch gradient of a ResNet-18 on --backend with
+        /// the CPU's (same weights and images); print JSON; fail above --check-tolerance.
+        #[arg(long)]
+        check_gradient: bool,
+        /// Width of the gradient-check ResNet-18.
+        #[arg(long, default_value_t = 16)]
+        check_width: usize,
+        /// Images in the gradient-check batch (32x32).
+        #[arg(long, default_value_t = 16)]
+        check_batch: usize,
+        /// Tolerance on the relative L2 difference of the gradient check.
+        #[arg(long, default_value_t = 1e-2)]
+        check_tolerance: f64,
+        /// Instead of training: time training steps (forward + backward + SGD update) of a
+        /// ResNet-18 on --backend after a warm-up; print JSON.
+        #[arg(long)]
+        bench: bool,
+        /// Width of the benchmarked ResNet-18.
+        #[arg(long, default_value_t = 64)]
+        bench_width: usize,
+        /// Images per benchmark step (32x32).
+        #[arg(long, default_value_t = 128)]
+        bench_batch: usize,
+        /// Untimed warm-up steps (autotune, kernel compilation).
+        #[arg(long, default_value_t = 15)]
+        bench_warmup: usize,
+        /// Timed steps.
+        #[arg(long, default_value_t = 50)]
+        bench_iters: usize,
+        /// Also write the JSON of --check-gradient / --bench to this file.
+        #[arg(long, value_name = "FILE")]
+        json_out: Option<PathBuf>,
+    }
+
+    /// Set by SIGINT/SIGTERM: the run saves a checkpoint after the current step and exits.
+    static STOP: AtomicBool = AtomicBool::new(false);
+
+    /// Ctrl-C (SIGINT) and SIGTERM set [`STOP`]; a second one exits at once (status 130).
+    fn install_stop_handler() -> Result<()> {
+        ctrlc::set_handler(|| {
+            if STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        })?;
+        Ok(())
+    }
+
+    fn print_json(value: &impl serde::Serialize, out: Option<&Path>) -> Result<()> {
+        let text = serde_json::to_string_pretty(value)?;
+        println!("{text}");
+        if let Some(path) = out {
+            std::fs::write(path, format!("{text}\n")).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn default_backend() -> BackendChoice {
+        if cfg!(feature = "cuda") { BackendChoice::Cuda } else { BackendChoice::Cpu }
+    }
+
+    /// Runs `fullbatch train`.
+    pub fn train(args: TrainArgs) -> Result<ExitCode> {
+        match args.backend.unwrap_or_else(default_backend) {
+            BackendChoice::Cpu => {
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let device = format!("cpu ({threads} threads)");
+                on_backend::<fullbatch::deep::CpuAutodiff>(args, &Default::default(), "flex-f32", &device)
+            }
+            #[cfg(feature = "cuda")]
+            BackendChoice::Cuda => {
+                let name = std::process::Command::new("nvidia-smi")
+                    .args(["--query-gpu=name", "--format=csv,noheader", "-i", "0"])
+                    .output()
+                    .ok()
+                    .filter(|o| o.status.success())
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                    .unwrap_or_else(|| "cuda device 0".into());
+                on_backend::<fullbatch::deep::CudaAutodiff>(args, &Default::default(), "cuda-f32", &name)
+            }
+            #[cfg(not(feature = "cuda"))]
+            BackendChoice::Cuda => bail!("this binary was built without the `cuda` feature"),
+        }
+    }
+
+    fn on_backend<B: AutodiffBackend>(
+        args: TrainArgs,
+        device: &B::Device,
+        backend: &str,
+        desc: &str,
+    ) -> Result<ExitCode> {
+        if args.check_gradient {
+            let cpu = burn::backend::flex::FlexDevice::default();
+            let report = run::gradient_agreement::<B, fullbatch::deep::CpuAutodiff>(
+                device,
+                &cpu,
+                args.check_width,
+                args.check_batch,
+                32,
+                args.check_tolerance,
+                0,
+            )?;
+            let value =
+                serde_json::json!({ "backend": backend, "device": desc, "reference": "flex-f32", "gradient": report });
+            print_json(&value, args.json_out.as_deref())?;
+            return Ok(if report.pass { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        if args.bench {
+            let report = run::throughput::<B>(
+                device,
+                args.bench_width,
+                args.bench_batch,
+                32,
+                args.bench_warmup,
+                args.bench_iters,
+                0,
+            )?;
+            let value = serde_json::json!({ "backend": backend, "device": desc, "throughput": report });
+            print_json(&value, args.json_out.as_deref())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let config = match (&args.config, args.resume, &args.out) {
+            (Some(path), _, _) => RunConfig::load(path)?,
+            (None, true, Some(out)) => run::stored_config(out)?,
+            _ => bail!("--config FILE is needed (or --resume with --out RUN_DIR)"),
+        };
+        let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
+        install_stop_handler()?;
+        let options = RunOptions {
+            data_dir: args.data.clone(),
+            resume: args.resume,
+            max_steps: args.max_steps,
+            stop: Some(&STOP),
+            progress: !args.no_progress,
+            report_evaluations: true,
+            device: desc.to_string(),
+            backend: backend.to_string(),
+        };
+        eprintln!("run {} ({backend}, {desc}) in {}", config.name, out.display());
+        match run::run::<B>(&config, &out, device, &options) {
+            Ok(summary) => {
+                if let Some(last) = &summary.last {
+                    eprintln!(
+                        "{} of {} steps; last: train loss {:.4}, test acc {}",
+                        summary.steps_done,
+                        summary.total_steps,
+                        last.train_loss,
+                        last.test_acc.map_or("-".into(), |a| format!("{:.2}%", 100.0 * a))
+                    );
+                }
+                if summary.stopped_early {
+                    eprintln!("stopped early with a checkpoint; continue with --resume --out {}", out.display());
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e @ Error::Diverged { .. }) => {
+                let kept = match run::latest_checkpoint(&out) {
+                    Ok(Some((path, step))) => format!("the last good checkpoint is {} (step {step})", path.display()),
+                    _ => "no checkpoint was written".into(),
+                };
+                eprintln!("error: {e}; stopped, {kept}");
+                Ok(ExitCode::FAILURE)
+            }
+            Err(e) => Err(e.into()),
         }
     }
 }

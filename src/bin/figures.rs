@@ -125,7 +125,12 @@ fn main() -> Result<()> {
             bar.set_length(total as u64);
             bar.set_position(done as u64);
             bar.set_message(msg.to_string());
-            bar.suspend(|| eprintln!("  {name}: {done}/{total} runs done at {:.0} s; next: {msg}", run_started.elapsed().as_secs_f64()));
+            bar.suspend(|| {
+                eprintln!(
+                    "  {name}: {done}/{total} runs done at {:.0} s; next: {msg}",
+                    run_started.elapsed().as_secs_f64()
+                )
+            });
         })?;
         bar.finish_and_clear();
         println!(

@@ -6,6 +6,11 @@
 //!
 //! - [`resnet`]: the CIFAR variant of ResNet-18 ([`resnet::ResNetConfig`], [`resnet::ResNet`]).
 //! - [`train`]: training primitives as functions of a model, data tensors and plain numbers.
+//! - [`config`]: run configurations (TOML, validated: unknown keys and impossible values are
+//!   errors naming the key).
+//! - [`run`]: the training loop of `fullbatch train`: run directory, JSONL log, atomic
+//!   checkpoints, exact resume from (seed, step)-derived randomness, divergence and Ctrl-C
+//!   handling; and the device checks (gradient agreement between backends, throughput).
 //!
 //! Precision: everything here is `f32`, burn's default float type on both the CPU backend (Flex)
 //! and the GPU path (CUDA, where f32 matmuls and convolutions may run as TF32 on tensor cores).
@@ -14,7 +19,9 @@
 //! Randomness: no burn random op is used. Weights are drawn from a ChaCha8 generator with an
 //! explicit seed, on the host, and uploaded; shuffles take explicit seeds too.
 
+pub mod config;
 pub mod resnet;
+pub mod run;
 pub mod train;
 
 use burn::tensor::backend::Backend;

@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Training throughput of ResNet-18 (CIFAR variant) in PyTorch, the reference for burn's number.
+
+The model is the one of src/deep/resnet.rs: 3x3 stem convolution (stride 1, no max-pool),
+BasicBlocks [2, 2, 2, 2] with widths w, 2w, 4w, 8w, downsampling shortcut = 2x2 average pool +
+1x1 convolution + BatchNorm, global average pool, linear classifier; 11,173,962 parameters at
+width 64. One timed iteration = forward + cross-entropy + backward + SGD step (Nesterov momentum
+0.9, weight decay 5e-4) on one batch of random 3x32x32 images already on the GPU, the same work
+as `fullbatch train --bench`. Timing starts after `--warmup` iterations (cudnn.benchmark picks its
+algorithms there) and ends with torch.cuda.synchronize().
+
+Variants timed (all recorded; the burn/torch ratio in gpu-check.sh uses "fp32"):
+  fp32            float32 weights and activations, NCHW, TF32 allowed for convolutions and matmuls
+                  (burn's CUDA backend also runs f32 convolutions on TF32 tensor cores)
+  fp32_strict     TF32 off (true fp32 arithmetic)
+  bf16_autocast   autocast to bfloat16, channels_last (what a PyTorch user would run for speed)
+
+Usage: python3 scripts/torch_resnet18.py [--width 64] [--batch 128] [--warmup 15] [--iters 50]
+       [--json-out FILE]
+"""
+import argparse
+import json
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Shortcut(nn.Module):
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+
+    def forward(self, x):
+        return self.bn(self.conv(F.avg_pool2d(x, 2, 2)))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = Shortcut(c_in, c_out) if stride != 1 or c_in != c_out else None
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (self.shortcut(x) if self.shortcut is not None else x))
+
+
+class ResNet(nn.Module):
+    def __init__(self, width=64, blocks=(2, 2, 2, 2), in_channels=3, num_classes=10):
+        super().__init__()
+        self.stem_conv = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(width)
+        layers, c_in = [], width
+        for stage, count in enumerate(blocks):
+            c_out = width << stage
+            for b in range(count):
+                layers.append(BasicBlock(c_in, c_out, 2 if stage > 0 and b == 0 else 1))
+                c_in = c_out
+        self.blocks = nn.Sequential(*layers)
+        self.fc = nn.Linear(c_in, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        x = F.relu(self.stem_bn(self.stem_conv(x)))
+        x = self.blocks(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def time_variant(name, width, batch, warmup, iters):
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    tf32 = name != "fp32_strict"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = True
+    model = ResNet(width).to(dev)
+    x = torch.randn(batch, 3, 32, 32, device=dev)
+    y = torch.randint(0, 10, (batch,), device=dev)
+    autocast = name == "bf16_autocast"
+    if autocast:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    warmup_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    torch.cuda.synchronize()
+    s = time.perf_counter() - t0
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "variant": name,
+        "width": width,
+        "batch": batch,
+        "warmup_iters": warmup,
+        "iters": iters,
+        "warmup_s": warmup_s,
+        "s_per_iter": s / iters,
+        "images_per_s": batch * iters / s,
+        "parameters": params,
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--warmup", type=int, default=15)
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--variants", default="fp32,fp32_strict,bf16_autocast")
+    p.add_argument("--json-out")
+    a = p.parse_args()
+    if not torch.cuda.is_available():
+        print("torch: CUDA is not available", file=sys.stderr)
+        return 1
+    out = {
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version(),
+        "device": torch.cuda.get_device_name(0),
+        "results": {},
+    }
+    for v in a.variants.split(","):
+        out["results"][v] = time_variant(v, a.width, a.batch, a.warmup, a.iters)
+        r = out["results"][v]
+        print(f"torch {v}: {r['images_per_s']:.0f} images/s ({1000 * r['s_per_iter']:.2f} ms/iter)", file=sys.stderr)
+    if a.width == 64:
+        assert out["results"][a.variants.split(",")[0]]["parameters"] == 11_173_962
+    text = json.dumps(out, indent=2)
+    print(text)
+    if a.json_out:
+        with open(a.json_out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,986 @@
+//! The training loop behind `fullbatch train`: a run directory with the resolved configuration,
+//! a JSONL log and atomic checkpoints; exact resume; divergence and interruption handling; and
+//! the device checks of `scripts/gpu-check.sh` (gradient agreement between two backends, training
+//! throughput).
+//!
+//! # The run directory
+//! - `config.toml`: the resolved configuration ([`RunConfig::to_toml`]).
+//! - `run.json`: name, seed, git commit, device, backend, crate version, data sizes, start time.
+//! - `log.jsonl`: one [`LogEntry`] per step (per epoch in SGD mode), as a JSON object per line.
+//! - `checkpoints/step-NNNNNN/`: `model.bin` and `optim.bin` (burn's `BinFileRecorder` with
+//!   full `f32` precision: weights, BatchNorm running statistics, momentum buffers) and
+//!   `state.json` (the step and the accumulated wall time); `checkpoints/latest` names the newest
+//!   one. A checkpoint is written into a temporary directory, synced, then renamed; `latest` is
+//!   replaced by a rename too, so a crash never leaves a half-written checkpoint in use. The two
+//!   newest checkpoints are kept.
+//!
+//! # Randomness and exact resume
+//! No random state is saved: every random draw is a pure function of the run seed and the step
+//! (epoch in SGD mode). [`derive_seed`]`(seed, stream, index)` gives the seed of the weights
+//! (the run seed itself), of the synthetic data, of the subsets, of each fixed augmented copy, and
+//! of each step's augmentation and block (or minibatch) order. Resuming from the checkpoint of
+//! step `s` therefore replays steps `s, s+1, ...` exactly as an uninterrupted run would, on the
+//! same backend and machine (bit for bit, since the weights and optimizer state are stored in
+//! full precision): the log lines after resume are identical except for the wall-time fields
+//! (`wall_s`, `step_s`, `images_per_s`). The log is cut back to the checkpoint's step on resume.
+//!
+//! # Stopping
+//! A non-finite loss or gradient norm stops the run with [`Error::Diverged`] (the step is the
+//! 0-based index of the failing update); nothing is saved after it, so the last checkpoint is the
+//! last good state. A stop request ([`RunOptions::stop`], set by Ctrl-C in the command line)
+//! or [`RunOptions::max_steps`] ends the run after the current step (epoch) with a checkpoint.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::module::{AutodiffModule, Module};
+use burn::optim::{GradientsParams, Optimizer};
+use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::config::{Dataset, Mode, RunConfig};
+use super::resnet::{ResNet, ResNetConfig};
+use super::train::{
+    self, BlockOrder, FullBatchOptions, Regulariser, WarmupCosine, clip_global_norm, cross_entropy, evaluate,
+    full_batch_step, global_grad_norm, grads_to_vec,
+};
+use super::{Batch, batch_from_images};
+use crate::data::cifar::{self, ImageSet};
+use crate::data::fashion_mnist;
+use crate::{Error, Result};
+
+/// Random streams of [`derive_seed`].
+pub mod stream {
+    /// The synthetic data set.
+    pub const DATA: u64 = 1;
+    /// The training subset.
+    pub const TRAIN_SUBSET: u64 = 2;
+    /// The test subset.
+    pub const TEST_SUBSET: u64 = 3;
+    /// Fixed augmented copy `index`.
+    pub const FIXED_COPY: u64 = 4;
+    /// The augmentation of step (epoch) `index`.
+    pub const AUGMENT: u64 = 5;
+    /// The block order (full batch) or minibatch permutation (SGD) of step (epoch) `index`.
+    pub const ORDER: u64 = 6;
+}
+
+/// SplitMix64's finaliser: a bijective mix of 64 bits.
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The seed of draw `index` of random stream `stream` (see [`stream`]) of a run with seed `seed`:
+/// `splitmix64(seed ^ splitmix64(splitmix64(stream) ^ index))`.
+pub fn derive_seed(seed: u64, stream: u64, index: u64) -> u64 {
+    splitmix64(seed ^ splitmix64(splitmix64(stream) ^ index))
+}
+
+/// How a run is started.
+#[derive(Debug, Default)]
+pub struct RunOptions<'a> {
+    /// The data directory (CIFAR-10 binary directory or Fashion-MNIST idx directory); default
+    /// from `FULLBATCH_CIFAR10` / `FULLBATCH_FASHION_MNIST`.
+    pub data_dir: Option<PathBuf>,
+    /// Continue the run in the directory from its latest checkpoint.
+    pub resume: bool,
+    /// Stop (with a checkpoint) once this many steps (epochs) are done, before the configured
+    /// end; the run can be resumed later.
+    pub max_steps: Option<usize>,
+    /// When set (by a signal handler), the run saves a checkpoint after the current step and
+    /// returns.
+    pub stop: Option<&'a AtomicBool>,
+    /// Draw a progress bar with ETA on stderr (hidden when stderr is not a terminal).
+    pub progress: bool,
+    /// Without a progress bar: print each evaluation on stderr.
+    pub report_evaluations: bool,
+    /// A description of the device, stored in `run.json`.
+    pub device: String,
+    /// The backend's name, stored in `run.json` (resume refuses another backend).
+    pub backend: String,
+}
+
+/// One line of `log.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Updates done (full batch) or epochs done (SGD) after this step: 1 for the first line.
+    pub step: usize,
+    /// The learning rate of this step's update(s).
+    pub lr: f64,
+    /// Training loss: the mean block loss before the update (full batch), or the mean minibatch
+    /// loss over the epoch (SGD); BatchNorm in training mode, on the augmented images.
+    pub train_loss: f64,
+    /// The mean minibatch accuracy over the epoch (SGD only).
+    pub train_acc: Option<f64>,
+    /// The global norm of the gradient before clipping (full batch: of the regularised full
+    /// gradient; SGD: the mean over the epoch's minibatches).
+    pub grad_norm: f64,
+    /// The mean squared norm of the unregularised block gradients, $\frac1K\sum_k\lVert\nabla L_k\rVert^2$ (full batch).
+    pub mean_block_grad_sq_norm: Option<f64>,
+    /// The regulariser's value as the update implements it, $\alpha\frac{\eta_t}{8}\frac1K\sum_k\lVert\nabla L_k\rVert^2$
+    /// (the official code logs twice this, with $\eta_t/4$); `None` without regulariser.
+    pub regulariser: Option<f64>,
+    /// The factor clipping applied (1 if not clipped; SGD: the mean over minibatches).
+    pub clip_factor: f64,
+    /// Loss of the inference model (running BatchNorm statistics) on the un-augmented training
+    /// images, at evaluation steps.
+    pub eval_train_loss: Option<f64>,
+    /// Accuracy of the same.
+    pub eval_train_acc: Option<f64>,
+    /// Loss of the inference model on the test images, at evaluation steps.
+    pub test_loss: Option<f64>,
+    /// Accuracy of the same.
+    pub test_acc: Option<f64>,
+    /// Seconds since the run started (all segments of a resumed run together).
+    pub wall_s: f64,
+    /// Seconds of this step (evaluation excluded).
+    pub step_s: f64,
+    /// Training images processed per second in this step (gradient images / `step_s`).
+    pub images_per_s: f64,
+}
+
+/// The fields of [`LogEntry`] that depend on time, not on the computation.
+pub const WALL_TIME_FIELDS: [&str; 3] = ["wall_s", "step_s", "images_per_s"];
+
+/// What `run.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// The configuration's name.
+    pub name: String,
+    /// The run seed.
+    pub seed: u64,
+    /// `git rev-parse HEAD` (with `-dirty` if the tree has changes), `FULLBATCH_GIT_COMMIT`, or
+    /// `unknown`.
+    pub git_commit: String,
+    /// The device description.
+    pub device: String,
+    /// The backend.
+    pub backend: String,
+    /// The crate version.
+    pub version: String,
+    /// Training images per step (after subsets and fixed copies).
+    pub train_images: usize,
+    /// Test images.
+    pub test_images: usize,
+    /// Trainable parameters of the model.
+    pub parameters: usize,
+    /// Seconds since the Unix epoch when the run (first segment) started.
+    pub started_unix_s: u64,
+}
+
+/// How [`run`] ended without error.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// Steps (epochs) done.
+    pub steps_done: usize,
+    /// The configured total.
+    pub total_steps: usize,
+    /// The last log line written, if any.
+    pub last: Option<LogEntry>,
+    /// Whether the run stopped early (stop request or `max_steps`).
+    pub stopped_early: bool,
+}
+
+/// The images of a run, on the host.
+#[derive(Debug, Clone)]
+pub struct RunData {
+    /// The training images before any augmentation (after the subset).
+    pub train: ImageSet,
+    /// The fixed augmented copies, when configured (the training set of every step).
+    pub fixed: Option<ImageSet>,
+    /// The test images.
+    pub test: ImageSet,
+    /// Per-channel normalisation mean (CIFAR-10's constants, else the training images').
+    pub mean: Vec<f64>,
+    /// Per-channel normalisation standard deviation.
+    pub std: Vec<f64>,
+}
+
+impl RunData {
+    /// The number of images a step trains on.
+    pub fn train_len(&self) -> usize {
+        self.fixed.as_ref().map_or(self.train.len(), ImageSet::len)
+    }
+}
+
+/// Loads (or draws) the images of `config`.
+///
+/// # Errors
+/// [`Error::InvalidParameter`] (`data`) if CIFAR-10 has no directory; the readers' errors.
+pub fn load_data(config: &RunConfig, data_dir: Option<&Path>) -> Result<RunData> {
+    let seed = config.seed;
+    let (train, test) = match &config.data.dataset {
+        Dataset::Cifar10 => {
+            let dir = data_dir.map(Path::to_path_buf).or_else(cifar::env_dir).ok_or_else(|| {
+                Error::invalid(
+                    "data",
+                    format!("CIFAR-10 needs --data DIR (the binary version) or {} set", cifar::DIR_ENV),
+                )
+            })?;
+            (cifar::load(&dir, cifar::Split::Train)?, cifar::load(&dir, cifar::Split::Test)?)
+        }
+        Dataset::FashionMnist => {
+            let dir = data_dir.map(Path::to_path_buf).unwrap_or_else(fashion_mnist::default_dir);
+            (
+                cifar::fashion_mnist_padded(&dir, fashion_mnist::Split::Train)?,
+                cifar::fashion_mnist_padded(&dir, fashion_mnist::Split::Test)?,
+            )
+        }
+        Dataset::Synthetic { n, n_test, side, noise, classes, channels } => {
+            let all =
+                cifar::synthetic(n + n_test, *channels, *side, *classes, *noise, derive_seed(seed, stream::DATA, 0))?;
+            let test: Vec<usize> = (*n..n + n_test).collect();
+            (all.head(*n), all.select(&test))
+        }
+    };
+    let train = match config.data.train_subset {
+        Some(k) => train.random_subset(k, derive_seed(seed, stream::TRAIN_SUBSET, 0)),
+        None => train,
+    };
+    let test = match config.data.test_subset {
+        Some(k) => test.random_subset(k, derive_seed(seed, stream::TEST_SUBSET, 0)),
+        None => test,
+    };
+    let (mean, std) = match config.data.dataset {
+        Dataset::Cifar10 => (cifar::CIFAR10_MEAN.to_vec(), cifar::CIFAR10_STD.to_vec()),
+        _ => cifar::channel_stats(&train),
+    };
+    let fixed = match (config.augmentation.enabled, config.augmentation.fixed_copies) {
+        (true, Some(k)) => {
+            let mut all = cifar::augment(&train, config.augmentation.pad, derive_seed(seed, stream::FIXED_COPY, 0));
+            for c in 1..k {
+                let copy =
+                    cifar::augment(&train, config.augmentation.pad, derive_seed(seed, stream::FIXED_COPY, c as u64));
+                all.pixels.extend_from_slice(&copy.pixels);
+                all.labels.extend_from_slice(&copy.labels);
+            }
+            Some(all)
+        }
+        _ => None,
+    };
+    Ok(RunData { train, fixed, test, mean, std })
+}
+
+/// The model a configuration describes, for images with `channels` channels and `classes`
+/// classes, with weights drawn from the run seed.
+///
+/// # Errors
+/// [`Error::InvalidParameter`] from the model's validation.
+pub fn build_model<B: Backend>(
+    config: &RunConfig,
+    channels: usize,
+    classes: usize,
+    device: &B::Device,
+) -> Result<ResNet<B>> {
+    ResNetConfig::new()
+        .with_width(config.model.width)
+        .with_blocks(config.model.blocks.clone())
+        .with_in_channels(channels)
+        .with_num_classes(classes)
+        .init(device, config.seed)
+}
+
+/// Reads a [`RunConfig`] stored in a run directory (`config.toml`).
+///
+/// # Errors
+/// As [`RunConfig::load`].
+pub fn stored_config(dir: &Path) -> Result<RunConfig> {
+    RunConfig::load(&dir.join("config.toml"))
+}
+
+/// The newest checkpoint of a run directory and its step, if any.
+///
+/// # Errors
+/// [`Error::Io`] if `checkpoints/latest` exists but cannot be read; [`Error::BadFile`] if it
+/// names no checkpoint.
+pub fn latest_checkpoint(dir: &Path) -> Result<Option<(PathBuf, usize)>> {
+    let latest = dir.join("checkpoints").join("latest");
+    if !latest.exists() {
+        return Ok(None);
+    }
+    let name = fs::read_to_string(&latest).map_err(|e| Error::io(&latest, e))?;
+    let name = name.trim();
+    let step = name
+        .strip_prefix("step-")
+        .and_then(|s| s.parse::<usize>().ok())
+        .ok_or_else(|| Error::bad_file(&latest, format!("`{name}` is not a checkpoint name (step-NNNNNN)")))?;
+    let path = dir.join("checkpoints").join(name);
+    if !path.is_dir() {
+        return Err(Error::bad_file(&latest, format!("names {} which does not exist", path.display())));
+    }
+    Ok(Some((path, step)))
+}
+
+/// `state.json` of a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CheckpointState {
+    step: usize,
+    seed: u64,
+    wall_s: f64,
+}
+
+/// Writes `text` to `path` through a temporary file and a rename.
+fn write_atomic(path: &Path, text: &[u8]) -> Result<()> {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(text)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(|e| Error::io(path, e))
+}
+
+fn json_error(e: serde_json::Error) -> Error {
+    Error::invalid("json", e.to_string())
+}
+
+fn recorder_error(path: &Path, e: impl std::fmt::Debug) -> Error {
+    Error::bad_file(path, format!("checkpoint record: {e:?}"))
+}
+
+/// Saves model, optimizer state and step as `checkpoints/step-NNNNNN` (atomically), points
+/// `checkpoints/latest` at it and removes all but the two newest checkpoints.
+fn save_checkpoint<B, O>(dir: &Path, step: usize, seed: u64, wall_s: f64, model: &ResNet<B>, optim: &O) -> Result<()>
+where
+    B: AutodiffBackend,
+    O: Optimizer<ResNet<B>, B>,
+{
+    let root = dir.join("checkpoints");
+    fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+    let name = format!("step-{step:06}");
+    let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
+    let model_path = tmp.join("model");
+    Recorder::<B>::record(&recorder, model.clone().into_record(), model_path.clone())
+        .map_err(|e| recorder_error(&model_path, e))?;
+    let optim_path = tmp.join("optim");
+    Recorder::<B>::record(&recorder, optim.to_record(), optim_path.clone())
+        .map_err(|e| recorder_error(&optim_path, e))?;
+    let state = serde_json::to_vec_pretty(&CheckpointState { step, seed, wall_s }).map_err(json_error)?;
+    write_atomic(&tmp.join("state.json"), &state)?;
+    for f in ["model.bin", "optim.bin"] {
+        let p = tmp.join(f);
+        File::open(&p).and_then(|f| f.sync_all()).map_err(|e| Error::io(&p, e))?;
+    }
+    let fin = root.join(&name);
+    if fin.exists() {
+        fs::remove_dir_all(&fin).map_err(|e| Error::io(&fin, e))?;
+    }
+    fs::rename(&tmp, &fin).map_err(|e| Error::io(&fin, e))?;
+    write_atomic(&root.join("latest"), name.as_bytes())?;
+    // Keep the two newest checkpoints.
+    let mut steps: Vec<(usize, PathBuf)> = fs::read_dir(&root)
+        .map_err(|e| Error::io(&root, e))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.strip_prefix("step-").and_then(|s| s.parse::<usize>().ok()).map(|s| (s, e.path()))
+        })
+        .collect();
+    steps.sort();
+    let keep_from = steps.len().saturating_sub(2);
+    for (s, p) in &steps[..keep_from] {
+        if *s != step {
+            fs::remove_dir_all(p).map_err(|e| Error::io(p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads a checkpoint into `model` and `optim`.
+fn load_checkpoint<B, O>(
+    path: &Path,
+    model: ResNet<B>,
+    optim: O,
+    device: &B::Device,
+) -> Result<(ResNet<B>, O, CheckpointState)>
+where
+    B: AutodiffBackend,
+    O: Optimizer<ResNet<B>, B>,
+{
+    let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
+    let model_path = path.join("model");
+    let record =
+        Recorder::<B>::load(&recorder, model_path.clone(), device).map_err(|e| recorder_error(&model_path, e))?;
+    let model = model.load_record(record);
+    let optim_path = path.join("optim");
+    let record =
+        Recorder::<B>::load(&recorder, optim_path.clone(), device).map_err(|e| recorder_error(&optim_path, e))?;
+    let optim = optim.load_record(record);
+    let state_path = path.join("state.json");
+    let text = fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+    let state: CheckpointState =
+        serde_json::from_str(&text).map_err(|e| Error::bad_file(&state_path, e.to_string()))?;
+    Ok((model, optim, state))
+}
+
+/// Reads `log.jsonl`, keeps the lines with `step <= keep_until` and rewrites it atomically.
+fn truncate_log(path: &Path, keep_until: usize) -> Result<Option<LogEntry>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut kept = String::new();
+    let mut last = None;
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| Error::io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let entry: LogEntry =
+            serde_json::from_str(&line).map_err(|e| Error::bad_file(path, format!("line {}: {e}", i + 1)))?;
+        if entry.step <= keep_until {
+            kept.push_str(&line);
+            kept.push('\n');
+            last = Some(entry);
+        }
+    }
+    write_atomic(path, kept.as_bytes())?;
+    Ok(last)
+}
+
+/// Runs (or resumes) the training run of `config` in `dir` on `device`.
+///
+/// A new run needs `dir` absent or without a log and checkpoints; `options.resume` needs a
+/// checkpoint and the same configuration and backend as stored.
+///
+/// # Errors
+/// [`Error::InvalidParameter`] for a directory in the wrong state, a configuration that
+/// differs from the stored one, or impossible data sizes; [`Error::Diverged`] if the loss or
+/// gradient norm becomes non-finite (the last checkpoint is kept); I/O and record errors.
+pub fn run<B: AutodiffBackend>(
+    config: &RunConfig,
+    dir: &Path,
+    device: &B::Device,
+    options: &RunOptions<'_>,
+) -> Result<RunSummary> {
+    config.validate()?;
+    let log_path = dir.join("log.jsonl");
+    let config_path = dir.join("config.toml");
+    let info_path = dir.join("run.json");
+    if options.resume {
+        let stored = stored_config(dir)?;
+        if &stored != config {
+            return Err(Error::invalid(
+                "config",
+                format!(
+                    "differs from the one stored in {} (resume needs the same configuration)",
+                    config_path.display()
+                ),
+            ));
+        }
+        let text = fs::read_to_string(&info_path).map_err(|e| Error::io(&info_path, e))?;
+        let info: RunInfo = serde_json::from_str(&text).map_err(|e| Error::bad_file(&info_path, e.to_string()))?;
+        if info.backend != options.backend {
+            return Err(Error::invalid(
+                "backend",
+                format!(
+                    "the run was made with {}, not {} (resume is exact only on the same backend)",
+                    info.backend, options.backend
+                ),
+            ));
+        }
+    } else if log_path.exists() || dir.join("checkpoints").exists() {
+        return Err(Error::invalid(
+            "out",
+            format!("{} already holds a run; use --resume to continue it or choose another directory", dir.display()),
+        ));
+    }
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+
+    let data = load_data(config, options.data_dir.as_deref())?;
+    let channels = data.train.channels;
+    let classes = data.train.n_classes;
+    let mut model: ResNet<B> = build_model(config, channels, classes, device)?;
+    let o = &config.optimizer;
+    let mut optim = train::sgd_config(o.momentum, o.nesterov, o.weight_decay as f32).init::<B, ResNet<B>>();
+    let schedule = WarmupCosine { base_lr: o.lr, warmup_steps: o.warmup, t_max: o.t_max };
+    schedule.validate()?;
+    let total = config.total_steps();
+
+    let (mut start_step, mut wall_offset) = (0usize, 0.0f64);
+    let mut last: Option<LogEntry> = None;
+    if options.resume {
+        let (path, _) = latest_checkpoint(dir)?
+            .ok_or_else(|| Error::invalid("resume", format!("{} has no checkpoint", dir.display())))?;
+        let (m, opt, state) = load_checkpoint(&path, model, optim, device)?;
+        model = m;
+        optim = opt;
+        start_step = state.step;
+        wall_offset = state.wall_s;
+        last = truncate_log(&log_path, start_step)?;
+    } else {
+        write_atomic(&config_path, config.to_toml()?.as_bytes())?;
+        let info = RunInfo {
+            name: config.name.clone(),
+            seed: config.seed,
+            git_commit: crate::provenance::git_commit(),
+            device: options.device.clone(),
+            backend: options.backend.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            train_images: data.train_len(),
+            test_images: data.test.len(),
+            parameters: model.num_trainable_params(),
+            started_unix_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        write_atomic(&info_path, &serde_json::to_vec_pretty(&info).map_err(json_error)?)?;
+        write_atomic(&log_path, b"")?;
+    }
+
+    let inner_device = device.clone();
+    let test: Batch<B::InnerBackend> = batch_from_images(&data.test, &data.mean, &data.std, &inner_device)?;
+    let train_eval: Batch<B::InnerBackend> = batch_from_images(&data.train, &data.mean, &data.std, &inner_device)?;
+    // The training images when they do not change from step to step.
+    let fixed_train: Option<Batch<B>> = match (&data.fixed, config.augmentation.enabled) {
+        (Some(set), _) => Some(batch_from_images(set, &data.mean, &data.std, device)?),
+        (None, false) => Some(batch_from_images(&data.train, &data.mean, &data.std, device)?),
+        (None, true) => None,
+    };
+    let step_batch = |t: usize| -> Result<Batch<B>> {
+        match &fixed_train {
+            Some(b) => Ok(b.clone()),
+            None => {
+                let set = cifar::augment(
+                    &data.train,
+                    config.augmentation.pad,
+                    derive_seed(config.seed, stream::AUGMENT, t as u64),
+                );
+                batch_from_images(&set, &data.mean, &data.std, device)
+            }
+        }
+    };
+
+    let end = options.max_steps.map_or(total, |m| m.min(total));
+    let bar = if options.progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
+    if !options.progress {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{elapsed_precise}<{eta_precise}] {wide_bar} {pos}/{len} {msg}")
+            .map_err(|e| Error::invalid("progress template", e.to_string()))?,
+    );
+    bar.set_prefix(config.name.clone());
+    bar.set_position(start_step as u64);
+
+    let mut log = OpenOptions::new().append(true).create(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+    let started = Instant::now();
+    let mut stopped_early = false;
+    let mut t = start_step;
+    while t < end {
+        let step_start = Instant::now();
+        let batch = step_batch(t)?;
+        let lr = schedule.lr(t);
+        let mut entry = match &config.mode {
+            Mode::FullBatch { block_size, shuffle_blocks, clip, regulariser_alpha, regulariser_eps, .. } => {
+                let order = if *shuffle_blocks {
+                    BlockOrder::ShuffledBlocks { seed: derive_seed(config.seed, stream::ORDER, t as u64) }
+                } else {
+                    BlockOrder::Sequential
+                };
+                let regulariser = (*regulariser_alpha > 0.0).then_some(Regulariser {
+                    alpha: *regulariser_alpha,
+                    eps: *regulariser_eps,
+                    lr,
+                });
+                let opts = FullBatchOptions { block_size: *block_size, order, regulariser };
+                let (m, report) =
+                    full_batch_step(model, &mut optim, &batch, &opts, lr, *clip).map_err(|e| at_step(e, t))?;
+                model = m;
+                if !report.grad_norm.is_finite() {
+                    return Err(Error::Diverged { step: t, quantity: "gradient norm".into() });
+                }
+                let clip_factor = match clip {
+                    Some(c) if report.clipped => c / (report.grad_norm + 1e-6),
+                    _ => 1.0,
+                };
+                let images = (batch.len() / block_size) * block_size;
+                LogEntry {
+                    step: t + 1,
+                    lr,
+                    train_loss: report.loss,
+                    train_acc: None,
+                    grad_norm: report.grad_norm,
+                    mean_block_grad_sq_norm: Some(report.mean_block_grad_sq_norm),
+                    regulariser: regulariser.map(|r| r.alpha * lr / 8.0 * report.mean_block_grad_sq_norm),
+                    clip_factor,
+                    eval_train_loss: None,
+                    eval_train_acc: None,
+                    test_loss: None,
+                    test_acc: None,
+                    wall_s: 0.0,
+                    step_s: 0.0,
+                    images_per_s: images as f64,
+                }
+            }
+            Mode::Sgd { batch_size, clip, .. } => {
+                let (m, e) = sgd_epoch(
+                    model,
+                    &mut optim,
+                    &batch,
+                    *batch_size,
+                    *clip,
+                    lr,
+                    derive_seed(config.seed, stream::ORDER, t as u64),
+                )
+                .map_err(|e| at_step(e, t))?;
+                model = m;
+                LogEntry { step: t + 1, ..e }
+            }
+        };
+        if !entry.train_loss.is_finite() {
+            return Err(Error::Diverged { step: t, quantity: "training loss".into() });
+        }
+        let step_s = step_start.elapsed().as_secs_f64();
+        entry.step_s = step_s;
+        entry.images_per_s /= step_s.max(1e-12);
+        let done = t + 1;
+        if done % config.eval_every == 0 || done == total {
+            let inference = model.valid();
+            let (tl, ta) = evaluate(&inference, &test, config.eval_batch_size)?;
+            let (el, ea) = evaluate(&inference, &train_eval, config.eval_batch_size)?;
+            entry.test_loss = Some(tl);
+            entry.test_acc = Some(ta);
+            entry.eval_train_loss = Some(el);
+            entry.eval_train_acc = Some(ea);
+            let line = format!(
+                "step {done}: lr {lr:.4}, train loss {:.4}, test loss {tl:.4}, test acc {:.2}%, train acc (inference) {:.2}%",
+                entry.train_loss,
+                100.0 * ta,
+                100.0 * ea
+            );
+            if options.progress {
+                bar.println(line);
+            } else if options.report_evaluations {
+                eprintln!("{line}");
+            }
+        }
+        entry.wall_s = wall_offset + started.elapsed().as_secs_f64();
+        let line = serde_json::to_string(&entry).map_err(json_error)?;
+        writeln!(log, "{line}").and_then(|_| log.flush()).map_err(|e| Error::io(&log_path, e))?;
+        bar.set_message(format!("loss {:.4} |g| {:.3e}", entry.train_loss, entry.grad_norm));
+        bar.set_position(done as u64);
+        last = Some(entry);
+        t = done;
+        let stop = options.stop.is_some_and(|s| s.load(Ordering::SeqCst));
+        if done % config.checkpoint_every == 0 || done == end || stop {
+            save_checkpoint(dir, done, config.seed, wall_offset + started.elapsed().as_secs_f64(), &model, &optim)?;
+        }
+        if stop && done < end {
+            stopped_early = true;
+            break;
+        }
+    }
+    if t < total {
+        stopped_early = true;
+    }
+    bar.finish_and_clear();
+    Ok(RunSummary { steps_done: t, total_steps: total, last, stopped_early })
+}
+
+/// Reads a one-element tensor back to the host (0 for `None`).
+fn read_scalar<B: Backend>(t: Option<Tensor<B, 1>>) -> Result<f64> {
+    match t {
+        None => Ok(0.0),
+        Some(t) => t
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| Error::invalid("tensor", format!("{e:?}")))?
+            .first()
+            .map(|&v| f64::from(v))
+            .ok_or_else(|| Error::invalid("tensor", "is empty")),
+    }
+}
+
+/// Gives a [`Error::Diverged`] from a step function the run's step index.
+fn at_step(e: Error, step: usize) -> Error {
+    match e {
+        Error::Diverged { quantity, .. } => Error::Diverged { step, quantity },
+        other => other,
+    }
+}
+
+/// One epoch of minibatch SGD over `data`: a seeded permutation, batches of `batch_size` (the
+/// last partial batch dropped), optional global-norm clipping of each minibatch gradient, one
+/// update per batch at learning rate `lr`. The returned entry has the epoch's mean loss,
+/// accuracy, gradient norm and clip factor, and the number of images in `images_per_s`.
+fn sgd_epoch<B, O>(
+    mut model: ResNet<B>,
+    optim: &mut O,
+    data: &Batch<B>,
+    batch_size: usize,
+    clip: Option<f64>,
+    lr: f64,
+    seed: u64,
+) -> Result<(ResNet<B>, LogEntry)>
+where
+    B: AutodiffBackend,
+    O: Optimizer<ResNet<B>, B>,
+{
+    let n = data.len();
+    if batch_size == 0 || batch_size > n {
+        return Err(Error::invalid("mode.batch_size", format!("{batch_size} does not fit {n} images")));
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    let device = data.images.device();
+    let mut loss_sum: Option<Tensor<B::InnerBackend, 1>> = None;
+    let mut hits_sum: Option<Tensor<B::InnerBackend, 1>> = None;
+    let (mut norm_sum, mut clip_sum) = (0.0, 0.0);
+    let batches = n / batch_size;
+    for idx in order.chunks_exact(batch_size) {
+        let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [idx.len()]), &device);
+        let images = data.images.clone().select(0, ids.clone());
+        let labels = data.labels.clone().select(0, ids);
+        let logits = model.forward(images);
+        let hits = logits.clone().argmax(1).squeeze_dim::<1>(1).equal(labels.clone()).float().sum();
+        let loss = cross_entropy(logits, labels);
+        let value = loss.clone().inner();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let (grads, norm, factor) = match clip {
+            Some(c) => {
+                let (g, r) = clip_global_norm(&model, grads, c)?;
+                (g, r.norm, r.scale)
+            }
+            None => {
+                let norm = global_grad_norm(&model, &grads)?;
+                (grads, norm, 1.0)
+            }
+        };
+        if !norm.is_finite() {
+            return Err(Error::Diverged { step: 0, quantity: "minibatch gradient norm".into() });
+        }
+        norm_sum += norm;
+        clip_sum += factor;
+        model = optim.step(lr, model, grads);
+        loss_sum = Some(match loss_sum {
+            None => value,
+            Some(s) => s + value,
+        });
+        let hits = hits.inner();
+        hits_sum = Some(match hits_sum {
+            None => hits,
+            Some(s) => s + hits,
+        });
+    }
+    let k = batches as f64;
+    let entry = LogEntry {
+        step: 0,
+        lr,
+        train_loss: read_scalar(loss_sum)? / k,
+        train_acc: Some(read_scalar(hits_sum)? / (k * batch_size as f64)),
+        grad_norm: norm_sum / k,
+        mean_block_grad_sq_norm: None,
+        regulariser: None,
+        clip_factor: clip_sum / k,
+        eval_train_loss: None,
+        eval_train_acc: None,
+        test_loss: None,
+        test_acc: None,
+        wall_s: 0.0,
+        step_s: 0.0,
+        images_per_s: (batches * batch_size) as f64,
+    };
+    Ok((model, entry))
+}
+
+/// The agreement of one minibatch gradient computed on two backends from the same weights and
+/// images (see [`gradient_agreement`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GradientAgreement {
+    /// The model width.
+    pub width: usize,
+    /// Images in the batch.
+    pub batch: usize,
+    /// Image side.
+    pub side: usize,
+    /// The loss on backend A.
+    pub loss_a: f64,
+    /// The loss on backend B.
+    pub loss_b: f64,
+    /// The number of gradient entries.
+    pub entries: usize,
+    /// $\max_i |a_i - b_i|$.
+    pub max_abs_diff: f64,
+    /// $\max_i |b_i|$.
+    pub max_abs: f64,
+    /// $\lVert a - b\rVert / \lVert b\rVert$.
+    pub rel_l2: f64,
+    /// Whether `rel_l2` is below the tolerance.
+    pub pass: bool,
+    /// The tolerance on `rel_l2`.
+    pub tolerance: f64,
+}
+
+/// The gradient of the mean cross-entropy of a ResNet (`width`, blocks `[2, 2, 2, 2]`,
+/// training-mode BatchNorm) on `batch` synthetic `side x side` images, on backend `A` and on
+/// backend `Bk` from the same seeded weights, compared entry by entry. `tolerance` bounds the
+/// relative L2 difference (TF32 convolutions on a GPU give about 1e-3).
+///
+/// # Errors
+/// [`Error::InvalidParameter`] for impossible sizes or unreadable tensors.
+pub fn gradient_agreement<A: AutodiffBackend, Bk: AutodiffBackend>(
+    device_a: &A::Device,
+    device_b: &Bk::Device,
+    width: usize,
+    batch: usize,
+    side: usize,
+    tolerance: f64,
+    seed: u64,
+) -> Result<GradientAgreement> {
+    let set = cifar::synthetic(batch, 3, side, 10, 20.0, seed)?;
+    let (mean, std) = cifar::channel_stats(&set);
+    let config = ResNetConfig::new().with_width(width);
+    let (loss_a, ga) = {
+        let model: ResNet<A> = config.init(device_a, seed)?;
+        let data: Batch<A> = batch_from_images(&set, &mean, &std, device_a)?;
+        let (g, loss) = train::block_gradient(&model, data.images, data.labels);
+        (read_scalar(Some(loss))?, grads_to_vec(&model, &g)?)
+    };
+    let (loss_b, gb) = {
+        let model: ResNet<Bk> = config.init(device_b, seed)?;
+        let data: Batch<Bk> = batch_from_images(&set, &mean, &std, device_b)?;
+        let (g, loss) = train::block_gradient(&model, data.images, data.labels);
+        (read_scalar(Some(loss))?, grads_to_vec(&model, &g)?)
+    };
+    if ga.len() != gb.len() {
+        return Err(Error::invalid("gradient", format!("{} entries vs {}", ga.len(), gb.len())));
+    }
+    let (mut max_abs_diff, mut max_abs, mut diff_sq, mut ref_sq) = (0f64, 0f64, 0f64, 0f64);
+    for (&a, &b) in ga.iter().zip(&gb) {
+        let (a, b) = (f64::from(a), f64::from(b));
+        max_abs_diff = max_abs_diff.max((a - b).abs());
+        max_abs = max_abs.max(b.abs());
+        diff_sq += (a - b) * (a - b);
+        ref_sq += b * b;
+    }
+    let rel_l2 = (diff_sq / ref_sq.max(f64::MIN_POSITIVE)).sqrt();
+    Ok(GradientAgreement {
+        width,
+        batch,
+        side,
+        loss_a,
+        loss_b,
+        entries: ga.len(),
+        max_abs_diff,
+        max_abs,
+        rel_l2,
+        pass: rel_l2.is_finite() && rel_l2 <= tolerance,
+        tolerance,
+    })
+}
+
+/// Training throughput of ResNet-18 (see [`throughput`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Throughput {
+    /// The model width.
+    pub width: usize,
+    /// Images per iteration.
+    pub batch: usize,
+    /// Image side.
+    pub side: usize,
+    /// Untimed iterations before timing (autotune, kernel compilation).
+    pub warmup_iters: usize,
+    /// Timed iterations.
+    pub iters: usize,
+    /// Seconds of the warm-up.
+    pub warmup_s: f64,
+    /// Seconds per timed iteration.
+    pub s_per_iter: f64,
+    /// Images per second over the timed iterations.
+    pub images_per_s: f64,
+}
+
+/// Images per second of training steps of a ResNet (`width`, blocks `[2, 2, 2, 2]`) on
+/// backend `B`: each iteration is a forward pass, a backward pass and a Nesterov SGD update on
+/// `batch` images of `3 x side x side` (the same batch every time, already on the device). Each
+/// update depends on the previous one, and the clock stops after a parameter is read back, so
+/// all queued GPU work is inside the timing. `warmup_iters` untimed iterations come first.
+///
+/// # Errors
+/// [`Error::InvalidParameter`] for impossible sizes or unreadable tensors.
+pub fn throughput<B: AutodiffBackend>(
+    device: &B::Device,
+    width: usize,
+    batch: usize,
+    side: usize,
+    warmup_iters: usize,
+    iters: usize,
+    seed: u64,
+) -> Result<Throughput> {
+    if iters == 0 {
+        return Err(Error::invalid("iters", "must be positive"));
+    }
+    let set = cifar::synthetic(batch, 3, side, 10, 20.0, seed)?;
+    let (mean, std) = cifar::channel_stats(&set);
+    let data: Batch<B> = batch_from_images(&set, &mean, &std, device)?;
+    let mut model: ResNet<B> = ResNetConfig::new().with_width(width).init(device, seed)?;
+    let mut optim = train::paper_sgd().init::<B, ResNet<B>>();
+    let sync = |model: &ResNet<B>| -> Result<()> {
+        model
+            .fc
+            .weight
+            .val()
+            .inner()
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map(|_| ())
+            .map_err(|e| Error::invalid("parameter", format!("{e:?}")))
+    };
+    let mut step = |model: ResNet<B>| -> ResNet<B> {
+        let loss = cross_entropy(model.forward(data.images.clone()), data.labels.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        optim.step(0.01, model, grads)
+    };
+    let start = Instant::now();
+    for _ in 0..warmup_iters {
+        model = step(model);
+    }
+    sync(&model)?;
+    let warmup_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for _ in 0..iters {
+        model = step(model);
+    }
+    sync(&model)?;
+    let s = start.elapsed().as_secs_f64();
+    Ok(Throughput {
+        width,
+        batch,
+        side,
+        warmup_iters,
+        iters,
+        warmup_s,
+        s_per_iter: s / iters as f64,
+        images_per_s: (batch * iters) as f64 / s,
+    })
+}
