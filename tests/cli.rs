@@ -33,16 +33,60 @@ fn unknown_model_is_rejected() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("resnet"));
 }
 
-/// `figures --out DIR` writes non-empty PNG and SVG files and the index.
+/// A toy-experiment config that runs in about a second (teacher-student data, 784-4-10 MLP).
+const TINY_EXPERIMENT: &str = r#"
+name = "tiny"
+seeds = [0]
+
+[data]
+source = "teacher-student"
+train = 40
+test = 30
+
+[model]
+hidden = [4]
+activation = "tanh"
+loss = "softmax_cross_entropy"
+
+[measure]
+every = 5
+
+[[variants]]
+label = "GD"
+lr = 0.1
+steps = 10
+"#;
+
+/// `figures --out DIR` writes non-empty PNG and SVG files and the index, running the toy
+/// experiments it finds no results for.
 #[test]
 fn figures_command_writes_files() {
     let dir = tempfile::tempdir().unwrap();
+    // Hermetic: tiny toy-experiment configs under the expected names, results in a fresh cache
+    // (so the experiments run here, not read from experiments/results/toy).
+    let scratch = tempfile::tempdir().unwrap();
+    let configs = scratch.path().join("configs");
+    std::fs::create_dir(&configs).unwrap();
+    for name in ["generalisation", "edge_of_stability"] {
+        let tiny = TINY_EXPERIMENT.replace("name = \"tiny\"", &format!("name = \"{name}\""));
+        std::fs::write(configs.join(format!("{name}.toml")), tiny).unwrap();
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_figures"))
         .args(["--out".as_ref(), dir.path().as_os_str()])
+        .args(["--configs".as_ref(), configs.as_os_str()])
+        .args(["--results".as_ref(), scratch.path().join("results").as_os_str()])
         .output()
         .expect("run figures");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for name in ["derivative_check.png", "derivative_check.svg", "README.md"] {
+    for name in [
+        "derivative_check.png",
+        "derivative_check.svg",
+        "bea_orders.png",
+        "sharpness.png",
+        "generalisation.png",
+        "edge_of_stability.svg",
+        "README.md",
+    ] {
         let meta = std::fs::metadata(dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(meta.len() > 1000 || name == "README.md" && meta.len() > 50, "{name} is too small");
     }
