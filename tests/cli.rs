@@ -2,6 +2,10 @@
 
 use std::process::Command;
 
+mod common;
+
+use common::TINY_EXPERIMENT;
+
 /// `fullbatch models --json` checks every model, exits 0, and reports a pass for each, with
 /// errors that a correct derivative gives (the V bottoms out far below the tolerance).
 #[test]
@@ -32,30 +36,6 @@ fn unknown_model_is_rejected() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("resnet"));
 }
-
-/// A toy-experiment config that runs in about a second (teacher-student data, 784-4-10 MLP).
-const TINY_EXPERIMENT: &str = r#"
-name = "tiny"
-seeds = [0]
-
-[data]
-source = "teacher-student"
-train = 40
-test = 30
-
-[model]
-hidden = [4]
-activation = "tanh"
-loss = "softmax_cross_entropy"
-
-[measure]
-every = 5
-
-[[variants]]
-label = "GD"
-lr = 0.1
-steps = 10
-"#;
 
 /// `figures --out DIR` writes non-empty PNG and SVG files and the index, running the toy
 /// experiments it finds no results for.

@@ -4,47 +4,13 @@
 
 mod common;
 
-use common::{case, inf_norm};
+use common::{TINY_EXPERIMENT as TINY, case, inf_norm};
 use fullbatch::experiment::{ExperimentConfig, read_log, run_cached};
 use fullbatch::figures::generalisation_figure;
 use fullbatch::objective::{MinibatchGradientPenalty, Objective, gradient_by_difference};
 use fullbatch::plot::render;
 use proptest::prelude::*;
 use std::path::Path;
-
-/// A config that runs in about a second: teacher-student data (no data set needed), a 784-4-10
-/// MLP, two variants, two seeds.
-const TINY: &str = r#"
-name = "tiny"
-seeds = [0, 1]
-
-[data]
-source = "teacher-student"
-train = 40
-test = 30
-
-[model]
-hidden = [4]
-activation = "tanh"
-loss = "softmax_cross_entropy"
-
-[measure]
-every = 5
-trace_budget = 12
-
-[[variants]]
-label = "SGD"
-lr = 0.1
-steps = 10
-batch_size = 10
-
-[[variants]]
-label = "GD + SGD's regulariser"
-lr = 0.1
-steps = 10
-regulariser = "sgd"
-regulariser_batch_size = 10
-"#;
 
 fn tiny() -> ExperimentConfig {
     ExperimentConfig::from_toml(TINY, Path::new("tiny.toml")).unwrap()

@@ -103,3 +103,37 @@ impl Case {
         normal_vector(net.dim(), self.scale, self.seed ^ 1)
     }
 }
+
+/// A config that runs in about a second: teacher-student data (no data set needed), a 784-4-10
+/// MLP, two variants, two seeds.
+pub const TINY_EXPERIMENT: &str = r#"
+name = "tiny"
+seeds = [0, 1]
+
+[data]
+source = "teacher-student"
+train = 40
+test = 30
+
+[model]
+hidden = [4]
+activation = "tanh"
+loss = "softmax_cross_entropy"
+
+[measure]
+every = 5
+trace_budget = 12
+
+[[variants]]
+label = "SGD"
+lr = 0.1
+steps = 10
+batch_size = 10
+
+[[variants]]
+label = "GD + SGD's regulariser"
+lr = 0.1
+steps = 10
+regulariser = "sgd"
+regulariser_batch_size = 10
+"#;
