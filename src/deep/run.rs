@@ -113,7 +113,7 @@ pub struct RunOptions<'a> {
 }
 
 /// One line of `log.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LogEntry {
     /// Updates done (full batch) or epochs done (SGD) after this step: 1 for the first line.
     pub step: usize,
@@ -625,18 +625,12 @@ pub fn run<B: AutodiffBackend>(
                     step: t + 1,
                     lr,
                     train_loss: report.loss,
-                    train_acc: None,
                     grad_norm: report.grad_norm,
                     mean_block_grad_sq_norm: Some(report.mean_block_grad_sq_norm),
                     regulariser: regulariser.map(|r| r.alpha * lr / 8.0 * report.mean_block_grad_sq_norm),
                     clip_factor,
-                    eval_train_loss: None,
-                    eval_train_acc: None,
-                    test_loss: None,
-                    test_acc: None,
-                    wall_s: 0.0,
-                    step_s: 0.0,
                     images_per_s: images as f64,
+                    ..LogEntry::default()
                 }
             }
             Mode::Sgd { batch_size, clip, .. } => {
@@ -798,16 +792,9 @@ where
         train_loss: read_scalar(loss_sum)? / k,
         train_acc: Some(read_scalar(hits_sum)? / (k * batch_size as f64)),
         grad_norm: norm_sum / k,
-        mean_block_grad_sq_norm: None,
-        regulariser: None,
         clip_factor: clip_sum / k,
-        eval_train_loss: None,
-        eval_train_acc: None,
-        test_loss: None,
-        test_acc: None,
-        wall_s: 0.0,
-        step_s: 0.0,
         images_per_s: (batches * batch_size) as f64,
+        ..LogEntry::default()
     };
     Ok((model, entry))
 }
