@@ -35,13 +35,18 @@ use crate::data::{self, Dataset, fashion_mnist};
 use crate::models::{Activation, Network, NetworkSpec, OutputLoss};
 use crate::objective::{FiniteSum, GradientNormPenalty, MinibatchGradientPenalty, Objective};
 use crate::optim::{BatchSampler, Sampling};
-use crate::sharpness::trace::hutch_plus_plus;
+use crate::bea::{GdFlow, gd_modified_field};
+use crate::integrate::{AdaptiveParams, dormand_prince};
+use crate::sharpness::trace::{DensityParams, SpectralDensity, hutch_plus_plus, spectral_density};
 use crate::sharpness::{HessianOperator, LanczosParams, lanczos};
 use crate::stats::mean_and_stderr;
 use crate::{Error, Result};
 
+/// The toy experiments `figures` runs and draws: `experiments/toy/<name>.toml` each.
+pub const FIGURE_EXPERIMENTS: [&str; 4] = ["generalisation", "edge_of_stability", "modified_flow", "lr_sweep"];
+
 /// Bumped when the runner's semantics change, so cached results are not reused.
-pub const RUNNER_VERSION: u32 = 2;
+pub const RUNNER_VERSION: u32 = 3;
 
 /// A run is stopped as diverged when its training loss exceeds this multiple of the initial
 /// loss (or is not finite); its last evaluation before that is kept.
@@ -100,6 +105,26 @@ pub struct MeasureConfig {
     /// HVP budget of the Hutch++ trace at the end (0: no trace).
     #[serde(default)]
     pub trace_budget: usize,
+    /// Stochastic Lanczos quadrature spectral density of the Hessian at the end of each run.
+    #[serde(default)]
+    pub density: bool,
+    /// For full-batch variants without regulariser: integrate the gradient flow from the same
+    /// start (Dormand-Prince 5(4)) and record, at each evaluation after $n$ steps, the distance
+    /// of the iterate $\theta_n$ from it at time $t = nh$ and its loss and $\lambda_{\max}$
+    /// ([`FlowComparison`]).
+    #[serde(default)]
+    pub gradient_flow: bool,
+    /// With `gradient_flow`: also GD's modified flow $\dot\theta = -\nabla(L + \frac
+    /// h4\|\nabla L\|^2)$ and the iterate's distance from it. Its stiffness grows like
+    /// $\lambda + \frac h2\lambda^2$: costly for large $h\lambda$.
+    #[serde(default)]
+    pub modified_flow: bool,
+    /// Follow the flows up to this time only (default: the whole run).
+    #[serde(default)]
+    pub flow_until: Option<f64>,
+    /// Relative tolerance of the flow integrations (absolute: 1e-3 of it).
+    #[serde(default = "default_flow_rtol")]
+    pub flow_rtol: f64,
 }
 
 fn yes() -> bool {
@@ -108,6 +133,10 @@ fn yes() -> bool {
 
 fn default_sharpness_tol() -> f64 {
     1e-6
+}
+
+fn default_flow_rtol() -> f64 {
+    1e-8
 }
 
 /// An explicit regulariser added to the loss.
@@ -141,6 +170,10 @@ pub struct Variant {
     /// Block size $n/m$ of the `sgd` regulariser.
     #[serde(default)]
     pub regulariser_batch_size: Option<usize>,
+    /// Evaluate every this many steps instead of `measure.every` (e.g. to evaluate variants
+    /// with different step sizes at the same times $t = nh$).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<usize>,
 }
 
 fn no_regulariser() -> Regulariser {
@@ -216,6 +249,17 @@ impl ExperimentConfig {
         if !(self.measure.sharpness_tol > 0.0) {
             return bad("measure.sharpness_tol", "must be positive".into());
         }
+        if !(self.measure.flow_rtol > 0.0 && self.measure.flow_rtol < 1.0) {
+            return bad("measure.flow_rtol", format!("{} is not in (0, 1)", self.measure.flow_rtol));
+        }
+        if self.measure.modified_flow && !self.measure.gradient_flow {
+            return bad("measure.modified_flow", "needs gradient_flow = true".into());
+        }
+        if let Some(t) = self.measure.flow_until
+            && !(t.is_finite() && t > 0.0)
+        {
+            return bad("measure.flow_until", format!("{t} must be positive"));
+        }
         if self.variants.is_empty() {
             return bad("variants", "at least one variant".into());
         }
@@ -226,6 +270,9 @@ impl ExperimentConfig {
             }
             if v.steps == 0 {
                 return bad(&key("steps"), "must be positive".into());
+            }
+            if v.every == Some(0) {
+                return bad(&key("every"), "must be positive".into());
             }
             if let Some(b) = v.batch_size
                 && (b == 0 || b > self.data.train)
@@ -283,8 +330,37 @@ pub struct Evaluation {
     pub lambda_max: Option<f64>,
     /// Its Lanczos residual.
     pub lambda_residual: Option<f64>,
+    /// The iterate against the gradient flow and GD's modified flow (with `measure.flows`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<FlowComparison>,
     /// Seconds since the run started.
     pub seconds: f64,
+}
+
+/// GD's iterate $\theta_n$ against two flows from the same start $\theta_0$ at time $t = nh$:
+/// the gradient flow $\varphi_t$ of $L$ and GD's first-order modified flow $\tilde\varphi_t$
+/// of $L + \frac h4\|\nabla L\|^2$. Backward-error analysis predicts
+/// $\|\theta_n - \varphi_{nh}\| = O(h)$ and $\|\theta_n - \tilde\varphi_{nh}\| = O(h^2)$ on a
+/// fixed time interval, as long as $h\lambda_{\max}$ stays well below 2.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowComparison {
+    /// Flow time $t = nh$.
+    pub time: f64,
+    /// $\|\theta_n - \varphi_t(\theta_0)\|$.
+    pub plain_distance: f64,
+    /// $\|\theta_n - \tilde\varphi_t(\theta_0)\|$ (with `measure.modified_flow`).
+    pub modified_distance: Option<f64>,
+    /// $\|\theta_n - \theta_0\|$: the scale of the distances.
+    pub travelled: f64,
+    /// Training loss at $\varphi_t(\theta_0)$.
+    pub flow_train_loss: f64,
+    /// $\lambda_{\max}$ of the Hessian at $\varphi_t(\theta_0)$ (warm-started Lanczos).
+    pub flow_lambda_max: f64,
+    /// Its Lanczos residual.
+    pub flow_lambda_residual: f64,
+    /// Integration error bound of the flows: the larger of their summed embedded error
+    /// estimates (a distance below it is not resolved).
+    pub error_bound: f64,
 }
 
 /// The end of one run.
@@ -300,6 +376,9 @@ pub struct RunResult {
     pub trace: Option<(f64, f64)>,
     /// Whether the run diverged (then `last` is the last finite evaluation).
     pub diverged: Option<String>,
+    /// Spectral density of the Hessian at the end (with `measure.density`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub density: Option<SpectralDensity>,
 }
 
 /// Mean and spread over seeds of one variant's final numbers.
@@ -549,10 +628,20 @@ fn run_one(
             gradient_norm: g.dot(&g).sqrt(),
             lambda_max,
             lambda_residual,
+            flow: None,
             seconds: started.elapsed().as_secs_f64(),
         })
     };
-    evaluations.push(evaluate(&theta, 0, &mut warm)?);
+    let theta0 = theta.clone();
+    let mut flows = (config.measure.gradient_flow
+        && variant.batch_size.is_none()
+        && variant.regulariser == Regulariser::None)
+        .then(|| Flows::new(net, &theta0, variant.lr, &config.measure));
+    let mut first = evaluate(&theta, 0, &mut warm)?;
+    if let Some(f) = &mut flows {
+        first.flow = Some(f.compare(&theta, &theta0, 0, seed)?);
+    }
+    evaluations.push(first);
     let mut diverged = None;
     for step in 0..variant.steps {
         let g = match (&mut sampler, variant.regulariser) {
@@ -575,11 +664,16 @@ fn run_one(
         }
         theta = next;
         let done = step + 1;
-        if done % config.measure.every == 0 || done == variant.steps {
-            let e = evaluate(&theta, done, &mut warm)?;
+        if done % variant.every.unwrap_or(config.measure.every) == 0 || done == variant.steps {
+            let mut e = evaluate(&theta, done, &mut warm)?;
             if !(e.train_loss.is_finite() && e.train_loss <= DIVERGED_FACTOR * evaluations[0].train_loss) {
                 diverged = Some(format!("training loss {:.3e} at step {done}", e.train_loss));
                 break;
+            }
+            if let Some(f) = &mut flows
+                && config.measure.flow_until.is_none_or(|t| done as f64 * variant.lr <= t * (1.0 + 1e-12))
+            {
+                e.flow = Some(f.compare(&theta, &theta0, done, seed)?);
             }
             evaluations.push(e);
         }
@@ -591,8 +685,78 @@ fn run_one(
     } else {
         None
     };
+    let density = if config.measure.density && diverged.is_none() {
+        let op = HessianOperator { objective: net, theta: theta.clone() };
+        Some(spectral_density(&op, &DensityParams { seed, ..DensityParams::default() })?)
+    } else {
+        None
+    };
     let last = evaluations.last().cloned().ok_or_else(|| Error::invalid("steps", "no evaluation"))?;
-    Ok((RunResult { variant: variant.label.clone(), seed, last, trace, diverged }, evaluations))
+    Ok((RunResult { variant: variant.label.clone(), seed, last, trace, diverged, density }, evaluations))
+}
+
+/// The gradient flow and GD's modified flow from $\theta_0$, advanced alongside a GD run.
+struct Flows<'a> {
+    net: &'a Network,
+    h: f64,
+    params: AdaptiveParams,
+    plain: Array1<f64>,
+    modified: Option<Array1<f64>>,
+    time: f64,
+    plain_error: f64,
+    modified_error: f64,
+    warm: Option<Array1<f64>>,
+}
+
+impl<'a> Flows<'a> {
+    fn new(net: &'a Network, theta0: &Array1<f64>, h: f64, measure: &MeasureConfig) -> Self {
+        let rtol = measure.flow_rtol;
+        Flows {
+            net,
+            h,
+            params: AdaptiveParams { rtol, atol: rtol * 1e-3, ..AdaptiveParams::default() },
+            plain: theta0.clone(),
+            modified: measure.modified_flow.then(|| theta0.clone()),
+            time: 0.0,
+            plain_error: 0.0,
+            modified_error: 0.0,
+            warm: None,
+        }
+    }
+
+    /// Advances both flows to $t = \text{step}\cdot h$ and compares them with the iterate.
+    fn compare(&mut self, theta: &Array1<f64>, theta0: &Array1<f64>, step: usize, seed: u64) -> Result<FlowComparison> {
+        let t = step as f64 * self.h;
+        let dt = t - self.time;
+        if dt > 0.0 {
+            let plain = gd_modified_field(self.net, GdFlow::Plain, self.h);
+            let (next, info) = dormand_prince(&plain, self.plain.view(), dt, &self.params)?;
+            self.plain = next;
+            self.plain_error += info.error_estimate;
+            if let Some(state) = &mut self.modified {
+                let modified = gd_modified_field(self.net, GdFlow::FirstOrder, self.h);
+                let (next, info) = dormand_prince(&modified, state.view(), dt, &self.params)?;
+                *state = next;
+                self.modified_error += info.error_estimate;
+            }
+            self.time = t;
+        }
+        let op = HessianOperator { objective: self.net, theta: self.plain.clone() };
+        let params = LanczosParams { k: 1, tol: 1e-6, seed, start: self.warm.clone(), ..LanczosParams::default() };
+        let e = lanczos(&op, &params)?;
+        self.warm = Some(e.vectors.column(0).to_owned());
+        let distance = |a: &Array1<f64>, b: &Array1<f64>| (a - b).mapv(|x| x * x).sum().sqrt();
+        Ok(FlowComparison {
+            time: t,
+            plain_distance: distance(theta, &self.plain),
+            modified_distance: self.modified.as_ref().map(|m| distance(theta, m)),
+            travelled: distance(theta, theta0),
+            flow_train_loss: self.net.loss(self.plain.view()),
+            flow_lambda_max: e.values.first().copied().unwrap_or(f64::NAN),
+            flow_lambda_residual: e.residuals.first().copied().unwrap_or(f64::NAN),
+            error_bound: self.plain_error.max(self.modified_error),
+        })
+    }
 }
 
 /// Reads `log.jsonl` of a run directory.

@@ -2,7 +2,9 @@
 //! an embedded DejaVu Sans (no system fonts needed) and the Okabe-Ito colour-blind-safe palette.
 //!
 //! Logarithmic axes are drawn by plotting $\log_{10}$ of the data on a linear axis and labelling
-//! the ticks with powers of ten, so every panel uses one code path.
+//! the ticks with powers of ten, so every panel uses one code path. Categorical axes
+//! ([`Scale::Categories`]) are linear axes with one tick per category, labelled with its name.
+//! Error bars are series of their own ([`Mark::ErrorBar`], built by [`Series::error_bars`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -51,18 +53,34 @@ pub enum Scale {
     Linear,
     /// Base-10 logarithmic (non-positive values are dropped).
     Log10,
+    /// Categories: category $i$ sits at the data value $i$ (a real number, so series can be
+    /// offset a little to either side of it) and its tick is labelled with `names[i]`. The axis
+    /// spans $[-\frac12, n - \frac12]$ for $n$ names. On the y axis the first category is at
+    /// the top, as in a table.
+    Categories(&'static [&'static str]),
 }
 
 impl Scale {
     fn map(self, v: f64) -> Option<f64> {
         match self {
-            Scale::Linear => v.is_finite().then_some(v),
+            Scale::Linear | Scale::Categories(_) => v.is_finite().then_some(v),
             Scale::Log10 => (v > 0.0 && v.is_finite()).then(|| v.log10()),
+        }
+    }
+
+    /// The name of category `v` when `v` is (within rounding) a category's index.
+    fn category(names: &[&str], v: f64) -> String {
+        let r = v.round();
+        if (v - r).abs() < 1e-6 && r >= 0.0 && (r as usize) < names.len() {
+            names[r as usize].to_string()
+        } else {
+            String::new()
         }
     }
 
     fn label(self, v: f64) -> String {
         match self {
+            Scale::Categories(names) => Scale::category(names, v),
             Scale::Linear => {
                 if v != 0.0 && (v.abs() >= 1e4 || v.abs() < 1e-2) {
                     format!("{v:.1e}")
@@ -89,6 +107,15 @@ pub enum Mark {
     LinePoints,
     /// Circles only.
     Points,
+    /// Error bars with caps: the points are read in pairs, one bar from the first point of a
+    /// pair to the second: vertical bars $(x, y_{\text{lo}})$, $(x, y_{\text{hi}})$
+    /// ([`Series::error_bars`]) or horizontal ones $(x_{\text{lo}}, y)$, $(x_{\text{hi}}, y)$
+    /// ([`Series::error_bars_x`]); the caps are across the bar. A bar with an end that a scale
+    /// drops (non-positive on a log axis) is not drawn.
+    ErrorBar,
+    /// Draws nothing: the label appears in the legend as a line of text without a symbol (a
+    /// note, e.g. which rows have no data).
+    Note,
 }
 
 /// One labelled series of a panel.
@@ -102,6 +129,34 @@ pub struct Series {
     pub color: usize,
     /// How it is drawn.
     pub mark: Mark,
+}
+
+impl Series {
+    /// Error bars $y \pm e$ for each $(x, y, e)$ in `points`, with no legend entry (pair it
+    /// with a labelled [`Mark::Points`] series of the same colour for the centres).
+    pub fn error_bars(color: usize, points: &[(f64, f64, f64)]) -> Series {
+        Series {
+            label: String::new(),
+            points: points.iter().flat_map(|&(x, y, e)| [(x, y - e.abs()), (x, y + e.abs())]).collect(),
+            color,
+            mark: Mark::ErrorBar,
+        }
+    }
+
+    /// Horizontal error bars $x \pm e$ for each $(x, y, e)$ in `points`, with no legend entry.
+    pub fn error_bars_x(color: usize, points: &[(f64, f64, f64)]) -> Series {
+        Series {
+            label: String::new(),
+            points: points.iter().flat_map(|&(x, y, e)| [(x - e.abs(), y), (x + e.abs(), y)]).collect(),
+            color,
+            mark: Mark::ErrorBar,
+        }
+    }
+
+    /// A legend line of text without a symbol ([`Mark::Note`]).
+    pub fn note(text: impl Into<String>) -> Series {
+        Series { label: text.into(), points: Vec::new(), color: 7, mark: Mark::Note }
+    }
 }
 
 /// Where a panel's legend goes.
@@ -168,35 +223,71 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+/// The number of categories of a categorical scale.
+fn categories(scale: Scale) -> Option<usize> {
+    match scale {
+        Scale::Categories(names) => Some(names.len()),
+        _ => None,
+    }
+}
+
 fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) -> std::result::Result<(), String> {
+    let (xs, ys) = (panel.x_scale, panel.y_scale);
+    // A categorical y axis runs top-down: category i is drawn at n - 1 - i.
+    let y_flip = categories(ys).map(|n| n as f64 - 1.0);
+    let map = move |&(x, y): &(f64, f64)| {
+        let y = ys.map(y)?;
+        Some((xs.map(x)?, y_flip.map_or(y, |top| top - y)))
+    };
     let mapped: Vec<Vec<(f64, f64)>> = panel
         .series
         .iter()
-        .map(|s| s.points.iter().filter_map(|&(x, y)| Some((panel.x_scale.map(x)?, panel.y_scale.map(y)?))).collect())
+        .map(|s| {
+            if s.mark == Mark::ErrorBar {
+                // Keep whole bars only, so the pairs stay aligned.
+                s.points.chunks_exact(2).filter_map(|bar| Some([map(&bar[0])?, map(&bar[1])?])).flatten().collect()
+            } else {
+                s.points.iter().filter_map(map).collect()
+            }
+        })
         .collect();
-    let (x0, x1) = bounds(mapped.iter().flatten().map(|p| p.0));
-    let (y0, y1) = bounds(mapped.iter().flatten().map(|p| p.1));
+    let axis_range = |scale: Scale, values: Vec<f64>| match categories(scale) {
+        Some(n) if n > 0 => (-0.5, n as f64 - 0.5),
+        _ => bounds(values.into_iter()),
+    };
+    let (x0, x1) = axis_range(xs, mapped.iter().flatten().map(|p| p.0).collect());
+    let (y0, y1) = axis_range(ys, mapped.iter().flatten().map(|p| p.1).collect());
+    let longest = |scale: Scale| match scale {
+        Scale::Categories(names) => names.iter().map(|n| n.chars().count()).max().unwrap_or(0),
+        _ => 0,
+    };
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(45)
-        .y_label_area_size(70)
+        .y_label_area_size(70.max(15 * longest(ys) as u32 / 2 + 45))
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(|e| format!("{e:?}"))?;
-    let (xs, ys) = (panel.x_scale, panel.y_scale);
     let x_fmt = move |v: &f64| xs.label(*v);
-    let y_fmt = move |v: &f64| ys.label(*v);
-    chart
-        .configure_mesh()
-        .x_desc(panel.x_label.as_str())
+    let y_fmt = move |v: &f64| ys.label(y_flip.map_or(*v, |top| top - *v));
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(panel.x_label.as_str())
         .y_desc(panel.y_label.as_str())
         .x_label_formatter(&x_fmt)
         .y_label_formatter(&y_fmt)
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 15))
-        .light_line_style(WHITE.mix(0.0))
-        .draw()
-        .map_err(|e| format!("{e:?}"))?;
+        .light_line_style(WHITE.mix(0.0));
+    if let Some(n) = categories(xs) {
+        mesh.x_labels(n.max(1));
+    } else if xs == Scale::Log10 {
+        // Off-decade log labels are long ("1.26e-3"): fewer of them, so they do not overlap.
+        mesh.x_labels(6);
+    }
+    if let Some(n) = categories(ys) {
+        mesh.y_labels(n.max(1));
+    }
+    mesh.draw().map_err(|e| format!("{e:?}"))?;
     for (s, pts) in panel.series.iter().zip(mapped) {
         let color = PALETTE[s.color % PALETTE.len()];
         let style = color.stroke_width(2);
@@ -204,13 +295,41 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
             Mark::Line | Mark::LinePoints => chart.draw_series(LineSeries::new(pts.clone(), style)),
             Mark::Dashed => chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style)),
             Mark::Points => chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))),
+            Mark::ErrorBar => {
+                let caps = pts.chunks_exact(2).flat_map(|bar| {
+                    // Across the bar: horizontal caps on a vertical bar, vertical on a horizontal one.
+                    let vertical = (bar[0].0 - bar[1].0).abs() <= f64::EPSILON * bar[0].0.abs().max(1.0);
+                    let cap = if vertical { vec![(-5, 0), (5, 0)] } else { vec![(0, -5), (0, 5)] };
+                    bar.iter()
+                        .map(move |&p| EmptyElement::at(p) + PathElement::new(cap.clone(), style))
+                        .collect::<Vec<_>>()
+                });
+                chart.draw_series(caps).map_err(|e| format!("{e:?}"))?;
+                chart.draw_series(pts.chunks_exact(2).map(|bar| PathElement::new(vec![bar[0], bar[1]], style)))
+            }
+            Mark::Note => chart.draw_series(std::iter::empty::<Circle<(f64, f64), i32>>()),
         }
         .map_err(|e| format!("{e:?}"))?;
-        anno.label(s.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        if !s.label.is_empty() {
+            anno.label(s.label.clone());
+            match s.mark {
+                Mark::Note => {}
+                Mark::ErrorBar => {
+                    anno.legend(move |(x, y)| {
+                        PathElement::new(vec![(x + 9, y - 6), (x + 9, y + 6)], color.stroke_width(2))
+                    });
+                }
+                _ => {
+                    anno.legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                }
+            }
+        }
         if s.mark == Mark::LinePoints {
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| format!("{e:?}"))?;
         }
+    }
+    if panel.series.iter().all(|s| s.label.is_empty()) {
+        return Ok(());
     }
     chart
         .configure_series_labels()

@@ -47,7 +47,7 @@ fn figures_command_writes_files() {
     let scratch = tempfile::tempdir().unwrap();
     let configs = scratch.path().join("configs");
     std::fs::create_dir(&configs).unwrap();
-    for name in ["generalisation", "edge_of_stability"] {
+    for name in fullbatch::experiment::FIGURE_EXPERIMENTS {
         let tiny = TINY_EXPERIMENT.replace("name = \"tiny\"", &format!("name = \"{name}\""));
         std::fs::write(configs.join(format!("{name}.toml")), tiny).unwrap();
     }
@@ -55,6 +55,7 @@ fn figures_command_writes_files() {
         .args(["--out".as_ref(), dir.path().as_os_str()])
         .args(["--configs".as_ref(), configs.as_os_str()])
         .args(["--results".as_ref(), scratch.path().join("results").as_os_str()])
+        .args(["--runs".as_ref(), scratch.path().join("no-runs").as_os_str()])
         .output()
         .expect("run figures");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -65,6 +66,11 @@ fn figures_command_writes_files() {
         "sharpness.png",
         "generalisation.png",
         "edge_of_stability.svg",
+        "modified_flow.png",
+        "spectral_density.png",
+        "lr_sweep.svg",
+        "bea_coefficients.png",
+        "cifar_results.png",
         "README.md",
     ] {
         let meta = std::fs::metadata(dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -14,7 +14,7 @@ use crate::data::fashion_mnist;
 use crate::derivative_check::geometric_steps;
 use crate::integrate::AdaptiveParams;
 use crate::models::{self, Activation, ModelInstance, ModelKind, OutputLoss};
-use crate::objective::{Minibatch, Objective};
+use crate::objective::{FiniteSum, Minibatch, Objective};
 use crate::optim::Momentum;
 
 /// A model the suite runs on, with its name in the output.
@@ -73,6 +73,45 @@ impl Default for SuiteParams {
             reference: AdaptiveParams::default(),
             range: RangeSearch::default(),
         }
+    }
+}
+
+impl SuiteParams {
+    /// GD's step sizes on `obj` at `theta`: `steps` geometric values from `h_max` to `h_min`
+    /// in units of $\tau = 1/$[`expansion_rate`](super::expansion_rate); returns $(\tau, h\text{s})$.
+    pub fn gd_steps<O: Objective + ?Sized>(&self, obj: &O, theta: ArrayView1<f64>) -> (f64, Vec<f64>) {
+        let tau = 1.0 / super::expansion_rate(obj, theta);
+        (tau, geometric_steps(self.h_max * tau, self.h_min * tau, self.steps))
+    }
+
+    /// Momentum's step sizes from GD's: the expansion of momentum's slow manifold is in powers
+    /// of $h\lambda/(1-\beta)^2$ (see docs/theory.md), so the steps are scaled down by
+    /// $0.1(1-\beta)^2$ to stay inside it.
+    pub fn momentum_steps(&self, gd_steps: &[f64]) -> Vec<f64> {
+        gd_steps.iter().map(|h| h * 0.1 * (1.0 - self.beta).powi(2)).collect()
+    }
+
+    /// SGD's minibatches (an equal partition, seeded) and step sizes on `fs` at `theta`: an
+    /// epoch lasts $mh$, so the steps are $m$ times smaller than GD's for the same time scale,
+    /// in units of $1/\text{rate}$ with the rate the largest over the full loss ($1/\tau$) and
+    /// every minibatch loss (which can be sharper). Returns (minibatches, rate, step sizes).
+    ///
+    /// # Errors
+    /// As [`equal_partition`].
+    pub fn sgd_steps<O: FiniteSum + ?Sized>(
+        &self,
+        fs: &O,
+        theta: ArrayView1<f64>,
+        tau: f64,
+    ) -> Result<(Vec<Vec<usize>>, f64, Vec<f64>)> {
+        let batches = equal_partition(fs.n_examples(), self.minibatches, self.seed)?;
+        let m = self.minibatches as f64;
+        let rate = batches
+            .iter()
+            .map(|b| super::expansion_rate(&Minibatch { inner: fs, batch: b }, theta))
+            .fold(1.0 / tau, f64::max);
+        let hs = geometric_steps(self.h_max / rate, self.h_min / rate, self.steps).iter().map(|h| h / m).collect();
+        Ok((batches, rate, hs))
     }
 }
 
@@ -189,8 +228,7 @@ pub fn run_suite(models: &[SuiteModel], params: &SuiteParams, mut progress: impl
         let name = model.name.as_str();
         let obj = model.instance.objective();
         let theta = model.instance.theta0.view();
-        let tau = 1.0 / super::expansion_rate(obj, theta);
-        let hs = geometric_steps(params.h_max * tau, params.h_min * tau, params.steps);
+        let (tau, hs) = params.gd_steps(obj, theta);
 
         for (check, flow) in [
             ("gd_local_order_plain", GdFlow::Plain),
@@ -237,21 +275,13 @@ pub fn run_suite(models: &[SuiteModel], params: &SuiteParams, mut progress: impl
         ));
 
         if let Some(fs) = model.instance.finite_sum() {
-            let batches = equal_partition(fs.n_examples(), params.minibatches, params.seed)?;
+            let (batches, _, sgd_hs) = params.sgd_steps(fs, theta, tau)?;
             let which = if params.sampled_orderings == 0 {
                 Orderings::All
             } else {
                 Orderings::Sampled { count: params.sampled_orderings, seed: params.seed }
             };
-            // An epoch lasts m h: the same time scale needs steps m times smaller; minibatch
-            // losses can be sharper than the full loss.
             let m = params.minibatches as f64;
-            let rate = batches
-                .iter()
-                .map(|b| super::expansion_rate(&Minibatch { inner: fs, batch: b }, theta))
-                .fold(1.0 / tau, f64::max);
-            let sgd_hs: Vec<f64> =
-                geometric_steps(params.h_max / rate, params.h_min / rate, params.steps).iter().map(|h| h / m).collect();
             progress(&format!("{name}: sgd_epoch_order"));
             let plain = asymptotic_order(&sgd_hs, &params.range, |hs| {
                 sgd_epoch_order(fs, theta, &batches, hs, false, which, p)
@@ -307,9 +337,7 @@ pub fn run_suite(models: &[SuiteModel], params: &SuiteParams, mut progress: impl
             ("nesterov_coefficient", Momentum::Nesterov(params.beta)),
         ] {
             progress(&format!("{name}: {check}"));
-            // The expansion of momentum's slow manifold is in powers of h lambda / (1 - beta)^2
-            // (see docs/theory.md): scale the steps down by (1 - beta)^2 to stay inside it.
-            let mhs: Vec<f64> = hs.iter().map(|h| h * 0.1 * (1.0 - params.beta).powi(2)).collect();
+            let mhs = params.momentum_steps(&hs);
             let c = momentum_coefficient(obj, theta, momentum, &mhs, p)?;
             let claim = momentum_coefficient_claim(momentum);
             rows.push(row(

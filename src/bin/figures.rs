@@ -9,7 +9,10 @@ use clap::Parser;
 use fullbatch::bea::{GdFlow, SuiteParams, expansion_rate, local_order_curve};
 use fullbatch::data;
 use fullbatch::derivative_check::{DerivativeCheckParams, check_model};
-use fullbatch::experiment::{ExperimentConfig, read_log, run_cached};
+use fullbatch::experiment::{ExperimentConfig, FIGURE_EXPERIMENTS, read_log, run_cached};
+use fullbatch::figures::bea_coefficients::{bea_coefficient_figure, measure_coefficients};
+use fullbatch::figures::cifar_results::{cifar_results_figure, collect_cifar_runs};
+use fullbatch::figures::training::{lr_sweep_figure, modified_flow_figure, spectral_density_figure};
 use fullbatch::figures::{
     SharpnessFigureData, bea_order_figure, derivative_check_figure, edge_of_stability_figure, generalisation_figure,
     sharpness_figure,
@@ -38,6 +41,10 @@ struct Cli {
     /// Cache of experiment results, keyed by config hash.
     #[arg(long, default_value = "experiments/results/toy")]
     results: PathBuf,
+    /// Run directories of `fullbatch train` (each subdirectory holding a run.json) for the
+    /// CIFAR-10 results chart; a missing directory means no runs.
+    #[arg(long, default_value = "runs")]
+    runs: PathBuf,
 }
 
 /// One entry of the index: file stem, what it shows, how it was made.
@@ -102,6 +109,14 @@ fn main() -> Result<()> {
     }
     bar.finish_and_clear();
 
+    bar.set_prefix("bea coeffs");
+    bar.set_length(1);
+    bar.set_position(0);
+    bar.set_message("7 toy models");
+    let coefficients = measure_coefficients(cli.seed)?;
+    bar.inc(1);
+    bar.finish_and_clear();
+
     bar.set_prefix("sharpness");
     bar.set_length(1);
     bar.set_position(0);
@@ -112,7 +127,7 @@ fn main() -> Result<()> {
 
     // Toy experiments: run what is missing (cached by config hash), then draw.
     let mut experiments = Vec::new();
-    for name in ["generalisation", "edge_of_stability"] {
+    for name in FIGURE_EXPERIMENTS {
         let path = cli.configs.join(format!("{name}.toml"));
         let config = ExperimentConfig::load(&path)?;
         let bar = ProgressBar::new(1).with_style(
@@ -144,6 +159,11 @@ fn main() -> Result<()> {
         experiments.push((results, log));
     }
 
+    let [(generalisation, generalisation_log), (eos, eos_log), (flows, flows_log), (sweep, _)] = &experiments[..] else {
+        anyhow::bail!("four toy experiments expected");
+    };
+    let cifar_runs = collect_cifar_runs(&cli.runs)?;
+    println!("CIFAR-10 runs found under {}: {}", cli.runs.display(), cifar_runs.len());
     let entries = [
         Entry {
             stem: "derivative_check",
@@ -152,6 +172,10 @@ fn main() -> Result<()> {
         Entry {
             stem: "bea_orders",
             shows: "one-step error of GD against the plain, first- and second-order modified flows vs the step size, with fitted slopes (theory: 2, 3, 4)",
+        },
+        Entry {
+            stem: "bea_coefficients",
+            shows: "implicit-regulariser coefficients derived from iterates on 7 toy models vs theory: GD 1/4, SGD 1/(4m) with its GD/variance split, heavy-ball and Nesterov claims at beta = 0.9, as deviation from theory in ppm with +-2 s.e. bars (top), and c(h) against the step size with the linear extrapolation to h = 0 that gives each estimate (bottom)",
         },
         Entry {
             stem: "sharpness",
@@ -163,15 +187,36 @@ fn main() -> Result<()> {
         },
         Entry {
             stem: "edge_of_stability",
-            shows: "experiments/toy/edge_of_stability.toml: full-batch GD at three step sizes h; training loss, and lambda_max (warm-started Lanczos) against the stability threshold 2/h",
+            shows: "experiments/toy/edge_of_stability.toml: full-batch GD at three step sizes h and the gradient flow from the same start (Dormand-Prince); training loss and lambda_max (warm-started Lanczos) against the time t = step x h, with the stability threshold 2/h",
+        },
+        Entry {
+            stem: "modified_flow",
+            shows: "experiments/toy/modified_flow.toml: distance of GD's iterates from the gradient flow and from GD's modified flow of L + (h/4)|grad L|^2 at t = step x h, both at the last common time against h with fitted slopes (theory: 1 and 2), and h lambda_max against the stability limit 2 (where the modified flow stops describing GD)",
+        },
+        Entry {
+            stem: "spectral_density",
+            shows: "experiments/toy/generalisation.toml: Hessian spectral density (stochastic Lanczos quadrature) at the end of training for each optimizer, whole spectrum and outliers",
+        },
+        Entry {
+            stem: "lr_sweep",
+            shows: "experiments/toy/lr_sweep.toml: GD and SGD at six learning rates x three seeds: final test accuracy vs final lambda_max per run, and both against the learning rate (with 2/h)",
+        },
+        Entry {
+            stem: "cifar_results",
+            shows: "the paper's CIFAR-10 ResNet-18 validation accuracies (only the numbers shared/reference/paper.md states) beside the last evaluation of each of our runs under runs/ (labelled with run directory, progress and commit; unfinished runs marked), rows without a run listed as not run; runs on other data (synthetic, Fashion-MNIST, subsets) in a separate panel marked not comparable",
         },
     ];
     let figures = [
         derivative_check_figure(&reports),
         bea_order_figure(&bea_curves),
+        bea_coefficient_figure(&coefficients),
         sharpness_figure(&sharpness),
-        generalisation_figure(&experiments[0].0, &experiments[0].1),
-        edge_of_stability_figure(&experiments[1].0, &experiments[1].1),
+        generalisation_figure(generalisation, generalisation_log),
+        edge_of_stability_figure(eos, eos_log),
+        modified_flow_figure(flows, flows_log),
+        spectral_density_figure(generalisation),
+        lr_sweep_figure(sweep),
+        cifar_results_figure(&cifar_runs),
     ];
     for (entry, fig) in entries.iter().zip(&figures) {
         for path in render(fig, &cli.out.join(entry.stem))? {

@@ -1,6 +1,10 @@
 //! The figures that `cargo run --release --bin figures` draws, as data ([`Figure`]) built from
 //! results, so that tests can draw them too.
 
+pub mod bea_coefficients;
+pub mod cifar_results;
+pub mod training;
+
 use crate::bea::{GdFlow, OrderMeasurement};
 use crate::derivative_check::DerivativeReport;
 use crate::plot::{Figure, Legend, Mark, Panel, Scale, Series};
@@ -279,38 +283,54 @@ pub fn generalisation_figure(
     }
 }
 
-/// Edge of stability: training loss and $\lambda_{\max}$ against the step for each step size
-/// $h$, with the stability threshold $2/h$ dashed in the same colour.
+/// Edge of stability: training loss and $\lambda_{\max}$ against the flow time $t = nh$ for
+/// each step size $h$, with the stability threshold $2/h$ dashed in the same colour; with
+/// `measure.flows`, the same quantities along the gradient flow from the same start (black),
+/// which has no threshold to stop its sharpening.
 pub fn edge_of_stability_figure(
     results: &crate::experiment::ExperimentResults,
     log: &[crate::experiment::Evaluation],
 ) -> Figure {
     use crate::experiment::mean_curve;
+    let in_time = |curve: Vec<(f64, f64)>, h: f64| curve.into_iter().map(|(n, y)| (n * h, y)).collect::<Vec<_>>();
     let mut loss = Vec::new();
     let mut sharp = Vec::new();
+    // The gradient flow does not depend on h: draw it from the variant that follows it longest.
+    let mut flow: Option<(f64, Vec<(f64, f64)>, Vec<(f64, f64)>)> = None;
     for (i, v) in results.config.variants.iter().enumerate() {
+        let h = v.lr;
         loss.push(Series {
             label: v.label.clone(),
-            points: mean_curve(log, &v.label, |e| Some(e.train_loss)),
+            points: in_time(mean_curve(log, &v.label, |e| Some(e.train_loss)), h),
             color: i,
             mark: Mark::Line,
         });
-        let curve = mean_curve(log, &v.label, |e| e.lambda_max);
-        let last_step = curve.last().map_or(v.steps as f64, |p| p.0);
+        let curve = in_time(mean_curve(log, &v.label, |e| e.lambda_max), h);
+        let t_end = curve.last().map_or(v.steps as f64 * h, |p| p.0);
         sharp.push(Series { label: format!("λ_max, {}", v.label), points: curve, color: i, mark: Mark::Line });
         sharp.push(Series {
-            label: format!("2/h = {}", 2.0 / v.lr),
-            points: vec![(0.0, 2.0 / v.lr), (last_step, 2.0 / v.lr)],
+            label: format!("2/h = {}", 2.0 / h),
+            points: vec![(0.0, 2.0 / h), (t_end, 2.0 / h)],
             color: i,
             mark: Mark::Dashed,
         });
+        let flow_lambda = in_time(mean_curve(log, &v.label, |e| e.flow.as_ref().map(|f| f.flow_lambda_max)), h);
+        let flow_end = flow_lambda.last().map_or(0.0, |p| p.0);
+        if !flow_lambda.is_empty() && flow.as_ref().is_none_or(|f| f.0 < flow_end) {
+            let flow_loss = in_time(mean_curve(log, &v.label, |e| e.flow.as_ref().map(|f| f.flow_train_loss)), h);
+            flow = Some((flow_end, flow_lambda, flow_loss));
+        }
+    }
+    if let Some((_, lambda, flow_loss)) = flow {
+        sharp.push(Series { label: "λ_max, gradient flow".into(), points: lambda, color: 7, mark: Mark::Line });
+        loss.push(Series { label: "gradient flow".into(), points: flow_loss, color: 7, mark: Mark::Line });
     }
     Figure {
-        title: format!("Edge of stability: full-batch GD — {}", results.data_used),
+        title: format!("Edge of stability: full-batch GD vs gradient flow — {}", results.data_used),
         panels: vec![
             Panel {
                 title: "training loss".into(),
-                x_label: "step".into(),
+                x_label: "time t = step × h".into(),
                 y_label: "L(θ)".into(),
                 x_scale: Scale::Linear,
                 y_scale: Scale::Log10,
@@ -319,12 +339,12 @@ pub fn edge_of_stability_figure(
             },
             Panel {
                 title: "sharpness vs the stability threshold 2/h".into(),
-                x_label: "step".into(),
+                x_label: "time t = step × h".into(),
                 y_label: "λ_max (Lanczos, warm-started)".into(),
                 x_scale: Scale::Linear,
                 y_scale: Scale::Linear,
                 series: sharp,
-                legend: Legend::UpperRight,
+                legend: Legend::UpperLeft,
             },
         ],
         columns: 2,

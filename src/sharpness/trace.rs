@@ -5,7 +5,7 @@ use ndarray::{Array1, Array2};
 use ndarray_linalg::QR;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::LinearOperator;
 use super::lanczos::{rayleigh_matrix, symmetric_eigen};
@@ -109,7 +109,7 @@ impl Default for DensityParams {
 }
 
 /// A smoothed spectral density with its quadrature.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpectralDensity {
     /// Grid of eigenvalue positions.
     pub grid: Vec<f64>,

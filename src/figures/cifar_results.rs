@@ -1,0 +1,392 @@
+//! The CIFAR-10 results table of Geiping et al. (ICLR 2022) as a chart: the paper's validation
+//! accuracies beside ours, read from the run directories that `fullbatch train` writes.
+//!
+//! A run directory (see `src/deep/run.rs`) holds `config.toml` (the resolved configuration),
+//! `run.json` (name, seed, `git_commit`, ...) and `log.jsonl` (one JSON object per logged step,
+//! with `step` and, at evaluation steps, `test_acc` as a fraction in $[0, 1]$). This module reads
+//! only the fields it needs, with `serde_json` and `toml`, so it builds without the `burn`
+//! feature.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::plot::{Figure, Legend, Mark, Panel, Scale, Series};
+use crate::{Error, Result};
+
+/// One row of the paper's table, keyed by the name of its configuration in
+/// `experiments/cifar10/`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PaperRow {
+    /// The configuration's `name` (`experiments/cifar10/<config>.toml`).
+    pub config: &'static str,
+    /// The axis label: the name and the paper's number (or that paper.md gives none).
+    pub label: &'static str,
+    /// Whether the row trains with data augmentation.
+    pub augmentation: bool,
+    /// The paper's validation accuracy in %, when `shared/reference/paper.md` states it.
+    pub accuracy: Option<f64>,
+}
+
+const fn row(config: &'static str, label: &'static str, augmentation: bool, accuracy: Option<f64>) -> PaperRow {
+    PaperRow { config, label, augmentation, accuracy }
+}
+
+/// The paper's ResNet-18 / CIFAR-10 validation accuracies (%), last evaluation, one entry per
+/// CIFAR-10 configuration of `experiments/cifar10/`.
+///
+/// Numbers: `shared/reference/paper.md`, "Headline numbers (ResNet-18, CIFAR-10, validation
+/// accuracy %)": SGD baseline 95.70 / without augmentation 84.32; naive full batch 75.42; full
+/// batch, longer training + warmup 87.36; full batch + clipping + regulariser + 32-sample
+/// BN/blocks 95.67 / without augmentation 89.17. The last row's settings (clipping, the
+/// regulariser, blocks of 32) are those of "FB strong reg" in paper.md's table of rows, i.e.
+/// `fb5-strong-reg`; paper.md says the figures of "FB clipped", "FB regularized" and
+/// "FB in practice" were not confirmed, so those rows, the other rows without augmentation and
+/// the fixed-augmentation rows have no number here.
+pub const PAPER_ROWS: [PaperRow; 16] = [
+    row("sgd", "sgd  (paper 95.70)", true, Some(95.70)),
+    row("sgd-noaug", "sgd-noaug  (paper 84.32)", false, Some(84.32)),
+    row("fb1-naive", "fb1-naive  (paper 75.42)", true, Some(75.42)),
+    row("fb1-naive-noaug", "fb1-naive-noaug  (no paper number)", false, None),
+    row("fb2-longer", "fb2-longer  (paper 87.36)", true, Some(87.36)),
+    row("fb2-longer-noaug", "fb2-longer-noaug  (no paper number)", false, None),
+    row("fb3-clip", "fb3-clip  (not in paper.md)", true, None),
+    row("fb3-clip-noaug", "fb3-clip-noaug  (no paper number)", false, None),
+    row("fb4-reg", "fb4-reg  (not in paper.md)", true, None),
+    row("fb4-reg-noaug", "fb4-reg-noaug  (no paper number)", false, None),
+    row("fb5-strong-reg", "fb5-strong-reg  (paper 95.67)", true, Some(95.67)),
+    row("fb5-strong-reg-noaug", "fb5-strong-reg-noaug  (paper 89.17)", false, Some(89.17)),
+    row("fb6-in-practice", "fb6-in-practice  (not in paper.md)", true, None),
+    row("fb6-in-practice-noaug", "fb6-in-practice-noaug  (no paper number)", false, None),
+    row("fb6-in-practice-fixed10", "fb6-in-practice-fixed10  (not in paper.md)", true, None),
+    row("fb6-in-practice-fixed40", "fb6-in-practice-fixed40  (not in paper.md)", true, None),
+];
+
+/// Blank rows below the last category of each panel: room for the legend.
+const LEGEND_ROWS: usize = 6;
+
+/// The first panel's categories: the labels of [`PAPER_ROWS`], in order, then
+/// [`LEGEND_ROWS`] blank rows that hold the legend.
+static PAPER_AXIS: [&str; PAPER_ROWS.len() + LEGEND_ROWS] = {
+    let mut labels = [""; PAPER_ROWS.len() + LEGEND_ROWS];
+    let mut i = 0;
+    while i < PAPER_ROWS.len() {
+        labels[i] = PAPER_ROWS[i].label;
+        i += 1;
+    }
+    labels
+};
+
+/// The small configurations of `experiments/cifar10/` (other data, smaller networks), and a last
+/// category for runs of any other configuration: the categories of the figure's second panel.
+pub const OTHER_CONFIGS: [&str; 6] = [
+    "small-synthetic-fb",
+    "small-synthetic-sgd",
+    "small-fashion-mnist-fb",
+    "small-fashion-mnist-sgd",
+    "gpu-smoke",
+    "other configuration",
+];
+
+/// The second panel's categories: [`OTHER_CONFIGS`] and blank rows for the legend (half as many:
+/// its legend has no notes).
+static OTHER_AXIS: [&str; OTHER_CONFIGS.len() + LEGEND_ROWS / 2] = {
+    let mut labels = [""; OTHER_CONFIGS.len() + LEGEND_ROWS / 2];
+    let mut i = 0;
+    while i < OTHER_CONFIGS.len() {
+        labels[i] = OTHER_CONFIGS[i];
+        i += 1;
+    }
+    labels
+};
+
+/// What the figure needs from one run directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CifarRun {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// The configuration's `name` (from `config.toml`).
+    pub config: String,
+    /// The data set: `cifar10`, `fashion-mnist` or `synthetic`.
+    pub dataset: String,
+    /// `data.train_subset`, when the run trains on a subset.
+    pub train_subset: Option<usize>,
+    /// `data.test_subset`, when the run evaluates on a subset.
+    pub test_subset: Option<usize>,
+    /// `augmentation.enabled`.
+    pub augmentation: bool,
+    /// `augmentation.fixed_copies`.
+    pub fixed_copies: Option<usize>,
+    /// The `step` of the last log line (0 for an empty log).
+    pub steps_done: usize,
+    /// The configured total: `mode.full_batch.steps` or `mode.sgd.epochs`.
+    pub steps_planned: usize,
+    /// The last logged `test_acc`, in % (the log stores a fraction).
+    pub last_test_acc: Option<f64>,
+    /// The step of that evaluation.
+    pub last_eval_step: Option<usize>,
+    /// `git_commit` from `run.json`.
+    pub commit: String,
+}
+
+impl CifarRun {
+    /// Whether every planned step is done.
+    pub fn finished(&self) -> bool {
+        self.steps_done >= self.steps_planned
+    }
+
+    /// Whether the run can stand beside the paper's number: full CIFAR-10 (no subsets), a
+    /// configuration with a row in [`PAPER_ROWS`] whose augmentation setting it matches.
+    pub fn comparable(&self) -> bool {
+        self.dataset == "cifar10"
+            && self.train_subset.is_none()
+            && self.test_subset.is_none()
+            && paper_row(&self.config).is_some_and(|(_, r)| r.augmentation == self.augmentation)
+    }
+}
+
+/// The row of [`PAPER_ROWS`] for a configuration name.
+pub fn paper_row(config: &str) -> Option<(usize, &'static PaperRow)> {
+    PAPER_ROWS.iter().enumerate().find(|(_, r)| r.config == config)
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}
+
+/// Reads the run in `dir`; `dir` must hold `run.json`.
+///
+/// # Errors
+/// [`Error::Io`] for a missing or unreadable file; [`Error::BadFile`] naming the file (and for
+/// `log.jsonl` the line) whose contents are not in the run-directory format.
+pub fn read_cifar_run(dir: &Path) -> Result<CifarRun> {
+    let info_path = dir.join("run.json");
+    let info: Value =
+        serde_json::from_str(&read_text(&info_path)?).map_err(|e| Error::bad_file(&info_path, e.to_string()))?;
+    let commit = info
+        .get("git_commit")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::bad_file(&info_path, "no string field git_commit"))?
+        .to_string();
+
+    let config_path = dir.join("config.toml");
+    let config: toml::Table =
+        read_text(&config_path)?.parse().map_err(|e: toml::de::Error| Error::bad_file(&config_path, e.to_string()))?;
+    let bad_config = |field: &str| Error::bad_file(&config_path, format!("missing or invalid {field}"));
+    let name = config.get("name").and_then(toml::Value::as_str).ok_or_else(|| bad_config("name"))?.to_string();
+    let data = config.get("data").and_then(toml::Value::as_table).ok_or_else(|| bad_config("[data]"))?;
+    let dataset = match data.get("dataset") {
+        Some(toml::Value::String(s)) => s.clone(),
+        Some(toml::Value::Table(t)) if t.len() == 1 => t.keys().next().cloned().unwrap_or_default(),
+        _ => return Err(bad_config("data.dataset")),
+    };
+    let count = |table: &toml::Table, key: &str| -> Result<Option<usize>> {
+        match table.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_integer().and_then(|i| usize::try_from(i).ok()).map(Some).ok_or_else(|| bad_config(key)),
+        }
+    };
+    let train_subset = count(data, "train_subset")?;
+    let test_subset = count(data, "test_subset")?;
+    let aug = config.get("augmentation").and_then(toml::Value::as_table).ok_or_else(|| bad_config("[augmentation]"))?;
+    let augmentation =
+        aug.get("enabled").and_then(toml::Value::as_bool).ok_or_else(|| bad_config("augmentation.enabled"))?;
+    let fixed_copies = count(aug, "fixed_copies")?;
+    let mode = config.get("mode").and_then(toml::Value::as_table).ok_or_else(|| bad_config("[mode]"))?;
+    let steps_planned = if let Some(fb) = mode.get("full_batch").and_then(toml::Value::as_table) {
+        count(fb, "steps")?.ok_or_else(|| bad_config("mode.full_batch.steps"))?
+    } else if let Some(sgd) = mode.get("sgd").and_then(toml::Value::as_table) {
+        count(sgd, "epochs")?.ok_or_else(|| bad_config("mode.sgd.epochs"))?
+    } else {
+        return Err(bad_config("mode (full_batch or sgd)"));
+    };
+
+    let log_path = dir.join("log.jsonl");
+    let mut steps_done = 0;
+    let mut last_test_acc = None;
+    let mut last_eval_step = None;
+    for (i, line) in read_text(&log_path)?.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |problem: String| Error::bad_file(&log_path, format!("line {}: {problem}", i + 1));
+        let entry: Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        let step = entry
+            .get("step")
+            .and_then(Value::as_u64)
+            .and_then(|s| usize::try_from(s).ok())
+            .ok_or_else(|| bad("no non-negative integer field step".into()))?;
+        steps_done = steps_done.max(step);
+        match entry.get("test_acc") {
+            None | Some(Value::Null) => {}
+            Some(v) => {
+                let acc = v
+                    .as_f64()
+                    .filter(|a| (0.0..=1.0).contains(a))
+                    .ok_or_else(|| bad(format!("test_acc {v} is not a fraction in [0, 1]")))?;
+                last_test_acc = Some(100.0 * acc);
+                last_eval_step = Some(step);
+            }
+        }
+    }
+    Ok(CifarRun {
+        dir: dir.to_path_buf(),
+        config: name,
+        dataset,
+        train_subset,
+        test_subset,
+        augmentation,
+        fixed_copies,
+        steps_done,
+        steps_planned,
+        last_test_acc,
+        last_eval_step,
+        commit,
+    })
+}
+
+/// The runs under `dir`: `dir` itself if it is a run directory (it holds `run.json`), else
+/// each immediate subdirectory that is one, sorted by path. Subdirectories without `run.json`
+/// are skipped; a missing `dir` has no runs.
+///
+/// # Errors
+/// As [`read_cifar_run`] for a directory that holds `run.json` but not a readable run (a
+/// malformed `log.jsonl` names the file and the line); [`Error::Io`] if `dir` cannot be listed.
+pub fn collect_cifar_runs(dir: &Path) -> Result<Vec<CifarRun>> {
+    if dir.join("run.json").is_file() {
+        return Ok(vec![read_cifar_run(dir)?]);
+    }
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut dirs = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.is_dir() && path.join("run.json").is_file() {
+            dirs.push(path);
+        }
+    }
+    dirs.sort();
+    dirs.iter().map(|d| read_cifar_run(d)).collect()
+}
+
+/// How a run is described in the legend.
+fn run_label(run: &CifarRun) -> String {
+    let acc = run.last_test_acc.map_or_else(|| "no evaluation yet".into(), |a| format!("{a:.2}%"));
+    let progress = if run.finished() {
+        format!("{} steps", run.steps_done)
+    } else {
+        format!("UNFINISHED: step {} of {}", run.steps_done, run.steps_planned)
+    };
+    let commit: String = run.commit.chars().take(12).collect();
+    format!("ours: {} — {acc}, {progress}, {commit}", run.dir.display())
+}
+
+/// How a non-comparable run's data is described.
+fn data_label(run: &CifarRun) -> String {
+    let mut s = run.dataset.clone();
+    if let Some(n) = run.train_subset {
+        s.push_str(&format!(", {n} training images"));
+    }
+    if let Some(n) = run.test_subset {
+        s.push_str(&format!(", {n} test images"));
+    }
+    s.push_str(if run.augmentation { ", aug." } else { ", no aug." });
+    s
+}
+
+/// Joins `names` into note lines of at most about `width` characters, the first prefixed.
+fn note_lines(prefix: &str, names: &[&str], width: usize) -> Vec<Series> {
+    let mut lines = Vec::new();
+    let mut line = prefix.to_string();
+    for (i, name) in names.iter().enumerate() {
+        let piece = if i + 1 < names.len() { format!("{name}, ") } else { name.to_string() };
+        if line.chars().count() + piece.chars().count() > width && line.len() > prefix.len() {
+            lines.push(Series::note(line.trim_end().to_string()));
+            line = "    ".into();
+        }
+        line.push_str(&piece);
+    }
+    lines.push(Series::note(line));
+    lines
+}
+
+/// The paper's table beside our runs.
+///
+/// First panel: one row per configuration of [`PAPER_ROWS`] (top to bottom, the paper's number
+/// in the row's label), validation accuracy (%) on the x axis: the paper's value (black) and
+/// each of our comparable runs ([`CifarRun::comparable`]: full CIFAR-10, same augmentation), at
+/// its last evaluation, labelled with its run directory, accuracy, progress (unfinished runs
+/// say so) and commit. A note lists the rows without a run ("not run"), or says that no runs of
+/// ours were found.
+///
+/// Second panel, only when there are such runs: runs on other data or subsets (the small
+/// synthetic / Fashion-MNIST configurations, or configurations without a paper row), each
+/// labelled with its data: not comparable with the paper's numbers.
+pub fn cifar_results_figure(runs: &[CifarRun]) -> Figure {
+    let palette = [0usize, 1, 2, 3, 4, 5];
+    let mut main = vec![Series {
+        label: "paper (Geiping et al. 2022, as in paper.md)".into(),
+        points: PAPER_ROWS.iter().enumerate().filter_map(|(i, r)| Some((r.accuracy?, i as f64))).collect(),
+        color: 7,
+        mark: Mark::Points,
+    }];
+    let (comparable, other): (Vec<&CifarRun>, Vec<&CifarRun>) = runs.iter().partition(|r| r.comparable());
+    for (k, run) in comparable.iter().enumerate() {
+        let Some((i, _)) = paper_row(&run.config) else { continue };
+        main.push(Series {
+            label: run_label(run),
+            points: run.last_test_acc.map(|a| (a, i as f64)).into_iter().collect(),
+            color: palette[k % palette.len()],
+            mark: Mark::Points,
+        });
+    }
+    let not_run: Vec<&str> =
+        PAPER_ROWS.iter().filter(|r| !comparable.iter().any(|c| c.config == r.config)).map(|r| r.config).collect();
+    if comparable.is_empty() {
+        main.push(Series::note("no runs of ours found (fullbatch train writes runs/<config>/): every row not run"));
+    } else if !not_run.is_empty() {
+        main.extend(note_lines("not run: ", &not_run, 70));
+    }
+    let rows_run = PAPER_ROWS.len() - not_run.len();
+    let mut panels = vec![Panel {
+        title: format!("CIFAR-10, ResNet-18: paper vs ours ({rows_run} of {} rows run)", PAPER_ROWS.len()),
+        x_label: "validation accuracy (%), last evaluation".into(),
+        y_label: "configuration (experiments/cifar10/)".into(),
+        x_scale: Scale::Linear,
+        y_scale: Scale::Categories(&PAPER_AXIS),
+        series: main,
+        legend: Legend::LowerLeft,
+    }];
+    if !other.is_empty() {
+        let last = OTHER_CONFIGS.len() - 1;
+        let series = other
+            .iter()
+            .enumerate()
+            .map(|(k, run)| {
+                let i = OTHER_CONFIGS[..last].iter().position(|c| *c == run.config).unwrap_or(last);
+                Series {
+                    label: format!("{} [{}: {}]", run_label(run), run.config, data_label(run)),
+                    points: run.last_test_acc.map(|a| (a, i as f64)).into_iter().collect(),
+                    color: palette[k % palette.len()],
+                    mark: Mark::Points,
+                }
+            })
+            .collect();
+        panels.push(Panel {
+            title: "other data or settings: not comparable with the paper".into(),
+            x_label: "test accuracy (%), last evaluation".into(),
+            y_label: "configuration".into(),
+            x_scale: Scale::Linear,
+            y_scale: Scale::Categories(&OTHER_AXIS),
+            series,
+            legend: Legend::LowerLeft,
+        });
+    }
+    Figure {
+        title: "Stochastic training is not necessary for generalization: the CIFAR-10 table".into(),
+        columns: 1,
+        panel_size: (1200, 760),
+        panels,
+    }
+}
