@@ -105,7 +105,8 @@ pub struct MeasureConfig {
     /// HVP budget of the Hutch++ trace at the end (0: no trace).
     #[serde(default)]
     pub trace_budget: usize,
-    /// Stochastic Lanczos quadrature spectral density of the Hessian at the end of each run.
+    /// Stochastic Lanczos quadrature spectral density of the Hessian at the end of each run of
+    /// the first seed (400 HVPs each).
     #[serde(default)]
     pub density: bool,
     /// For full-batch variants without regulariser: integrate the gradient flow from the same
@@ -376,7 +377,7 @@ pub struct RunResult {
     pub trace: Option<(f64, f64)>,
     /// Whether the run diverged (then `last` is the last finite evaluation).
     pub diverged: Option<String>,
-    /// Spectral density of the Hessian at the end (with `measure.density`).
+    /// Spectral density of the Hessian at the end (with `measure.density`, first seed only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub density: Option<SpectralDensity>,
 }
@@ -685,7 +686,7 @@ fn run_one(
     } else {
         None
     };
-    let density = if config.measure.density && diverged.is_none() {
+    let density = if config.measure.density && diverged.is_none() && config.seeds.first() == Some(&seed) {
         let op = HessianOperator { objective: net, theta: theta.clone() };
         Some(spectral_density(&op, &DensityParams { seed, ..DensityParams::default() })?)
     } else {

@@ -199,7 +199,7 @@ fn main() -> Result<()> {
         },
         Entry {
             stem: "lr_sweep",
-            shows: "experiments/toy/lr_sweep.toml: GD and SGD at six learning rates x three seeds: final test accuracy vs final lambda_max per run, and both against the learning rate (with 2/h)",
+            shows: "experiments/toy/lr_sweep.toml: GD and SGD at four learning rates x three seeds: final test accuracy vs final lambda_max per run, and both against the learning rate (with 2/h)",
         },
         Entry {
             stem: "cifar_results",
