@@ -32,7 +32,7 @@ test: deps
 	$(CARGO) test --doc
 	$(CARGO) test --all-targets
 	# burn's kernels compile in this crate: its tests run in release (debug is ~100x slower).
-	$(CARGO) test --release --features burn --test deep --test train
+	$(CARGO) test --release --features burn --test deep --test train --test deep_sharpness
 
 check-models: deps
 	$(CARGO) run --release --bin fullbatch -- models

@@ -7,7 +7,11 @@ BasicBlocks [2, 2, 2, 2] with widths w, 2w, 4w, 8w, downsampling shortcut = 2x2 
 width 64. One timed iteration = forward + cross-entropy + backward + SGD step (Nesterov momentum
 0.9, weight decay 5e-4) on one batch of random 3x32x32 images already on the GPU, the same work
 as `fullbatch train --bench`. Timing starts after `--warmup` iterations (cudnn.benchmark picks its
-algorithms there) and ends with torch.cuda.synchronize().
+algorithms there) and ends with torch.cuda.synchronize() (on the GPU).
+
+On the CPU (`--device cpu`, used by benches/resnet_cpu_side_by_side.sh) the images are float32
+NCHW, the threads are set with `--threads` (torch.set_num_threads), and only "fp32" is timed by
+default (TF32 does not exist there, so "fp32_strict" is the same computation).
 
 Variants timed (all recorded; the burn/torch ratio in gpu-check.sh uses "fp32"):
   fp32            float32 weights and activations, NCHW, TF32 allowed for convolutions and matmuls
@@ -15,8 +19,8 @@ Variants timed (all recorded; the burn/torch ratio in gpu-check.sh uses "fp32"):
   fp32_strict     TF32 off (true fp32 arithmetic)
   bf16_autocast   autocast to bfloat16, channels_last (what a PyTorch user would run for speed)
 
-Usage: python3 scripts/torch_resnet18.py [--width 64] [--batch 128] [--warmup 15] [--iters 50]
-       [--json-out FILE]
+Usage: python3 scripts/torch_resnet18.py [--device cuda|cpu] [--threads N] [--width 64]
+       [--batch 128] [--warmup 15] [--iters 50] [--variants fp32,...] [--json-out FILE]
 """
 import argparse
 import json
@@ -76,13 +80,19 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def time_variant(name, width, batch, warmup, iters):
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_variant(name, width, batch, warmup, iters, device="cuda"):
     torch.manual_seed(0)
-    dev = torch.device("cuda")
-    tf32 = name != "fp32_strict"
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.backends.cudnn.benchmark = True
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        tf32 = name != "fp32_strict"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = True
     model = ResNet(width).to(dev)
     x = torch.randn(batch, 3, 32, 32, device=dev)
     y = torch.randint(0, 10, (batch,), device=dev)
@@ -94,7 +104,7 @@ def time_variant(name, width, batch, warmup, iters):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
             loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
@@ -102,16 +112,17 @@ def time_variant(name, width, batch, warmup, iters):
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
-    torch.cuda.synchronize()
+    sync(dev)
     warmup_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(iters):
         step()
-    torch.cuda.synchronize()
+    sync(dev)
     s = time.perf_counter() - t0
     params = sum(p.numel() for p in model.parameters())
     return {
         "variant": name,
+        "device": dev.type,
         "width": width,
         "batch": batch,
         "warmup_iters": warmup,
@@ -125,25 +136,40 @@ def time_variant(name, width, batch, warmup, iters):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--warmup", type=int, default=15)
     p.add_argument("--iters", type=int, default=50)
-    p.add_argument("--variants", default="fp32,fp32_strict,bf16_autocast")
+    p.add_argument("--variants", help="default: fp32,fp32_strict,bf16_autocast (cuda), fp32 (cpu)")
     p.add_argument("--json-out")
     a = p.parse_args()
-    if not torch.cuda.is_available():
-        print("torch: CUDA is not available", file=sys.stderr)
-        return 1
-    out = {
-        "torch_version": torch.__version__,
-        "cuda_version": torch.version.cuda,
-        "cudnn_version": torch.backends.cudnn.version(),
-        "device": torch.cuda.get_device_name(0),
-        "results": {},
-    }
+    if a.variants is None:
+        a.variants = "fp32,fp32_strict,bf16_autocast" if a.device == "cuda" else "fp32"
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    if a.device == "cuda":
+        if not torch.cuda.is_available():
+            print("torch: CUDA is not available", file=sys.stderr)
+            return 1
+        out = {
+            "torch_version": torch.__version__,
+            "cuda_version": torch.version.cuda,
+            "cudnn_version": torch.backends.cudnn.version(),
+            "device": torch.cuda.get_device_name(0),
+            "results": {},
+        }
+    else:
+        out = {
+            "torch_version": torch.__version__,
+            "device": "cpu",
+            "threads": torch.get_num_threads(),
+            "mkldnn": torch.backends.mkldnn.is_available(),
+            "results": {},
+        }
     for v in a.variants.split(","):
-        out["results"][v] = time_variant(v, a.width, a.batch, a.warmup, a.iters)
+        out["results"][v] = time_variant(v, a.width, a.batch, a.warmup, a.iters, a.device)
         r = out["results"][v]
         print(f"torch {v}: {r['images_per_s']:.0f} images/s ({1000 * r['s_per_iter']:.2f} ms/iter)", file=sys.stderr)
     if a.width == 64:

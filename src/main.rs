@@ -388,7 +388,7 @@ mod train_cmd {
     use anyhow::{Context, Result, bail};
     use burn::tensor::backend::AutodiffBackend;
     use fullbatch::Error;
-    use fullbatch::deep::config::RunConfig;
+    use fullbatch::deep::config::{RunConfig, SharpnessConfig};
     use fullbatch::deep::run::{self, RunOptions};
 
     /// The backend to run on.
@@ -458,6 +458,11 @@ mod train_cmd {
         /// Also write the JSON of --check-gradient / --bench to this file.
         #[arg(long, value_name = "FILE")]
         json_out: Option<PathBuf>,
+        /// Measure lambda_max of the Hessian every N steps (epochs in SGD mode) and at the last
+        /// one: sets `[sharpness] every = N` of the configuration (its other keys, or their
+        /// defaults, stay). It becomes part of the run's stored configuration.
+        #[arg(long, value_name = "N")]
+        sharpness_every: Option<usize>,
     }
 
     /// Set by SIGINT/SIGTERM: the run saves a checkpoint after the current step and exits.
@@ -517,7 +522,7 @@ mod train_cmd {
         desc: &str,
     ) -> Result<ExitCode> {
         if args.check_gradient {
-            let cpu = burn::backend::flex::FlexDevice::default();
+            let cpu = burn::backend::flex::FlexDevice;
             let report = run::gradient_agreement::<B, fullbatch::deep::CpuAutodiff>(
                 device,
                 &cpu,
@@ -546,11 +551,18 @@ mod train_cmd {
             print_json(&value, args.json_out.as_deref())?;
             return Ok(ExitCode::SUCCESS);
         }
-        let config = match (&args.config, args.resume, &args.out) {
+        let mut config = match (&args.config, args.resume, &args.out) {
             (Some(path), _, _) => RunConfig::load(path)?,
             (None, true, Some(out)) => run::stored_config(out)?,
             _ => bail!("--config FILE is needed (or --resume with --out RUN_DIR)"),
         };
+        if let Some(every) = args.sharpness_every {
+            config.sharpness = Some(match config.sharpness.take() {
+                Some(s) => SharpnessConfig { every, ..s },
+                None => SharpnessConfig::every(every),
+            });
+            config.validate()?;
+        }
         let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
         install_stop_handler()?;
         let options = RunOptions {

@@ -47,6 +47,14 @@
 //! weight_decay = 5e-4
 //! warmup = 400                # linear warmup from 0, in steps (epochs in SGD mode)
 //! t_max = 4000                # cosine period after the warmup, same unit
+//!
+//! [sharpness]                 # optional: lambda_max of the Hessian during training
+//! every = 10                  # steps (epochs) between measurements; the last step is measured too
+//! bn_mode = "train"           # optional: "train" (batch statistics per block) or "eval" (running)
+//! max_images = 512            # optional: the first this many un-augmented training images (default all)
+//! tol = 1e-2                  # optional: Lanczos tolerance on the relative true residual
+//! max_hvps = 100              # optional: Hessian-vector products per measurement
+//! eps_rel = 1e-3              # optional: finite-difference step relative to |theta|
 //! ```
 //!
 //! The two enums (`data.dataset`, `mode`) are externally tagged (`dataset = "cifar10"`,
@@ -91,6 +99,62 @@ pub struct RunConfig {
     pub mode: Mode,
     /// Optimizer and learning-rate schedule.
     pub optimizer: OptimizerConfig,
+    /// Optional measurements of $\lambda_{\max}$ of the Hessian during training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharpness: Option<SharpnessConfig>,
+}
+
+/// `[sharpness]`: measure $\lambda_{\max}$ of the Hessian of the training loss every `every`
+/// steps (epochs in SGD mode) with [`super::sharpness::network_lambda_max`], on the first
+/// `max_images` un-augmented training images in blocks of the run's block size (`batch_size` in
+/// SGD mode); results go to the log (`lambda_max`, `lambda_residual`, `lambda_hvps`,
+/// `lambda_s`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharpnessConfig {
+    /// Steps (epochs) between measurements; the last step is measured too.
+    pub every: usize,
+    /// How BatchNorm normalises during the measurement (default `train`).
+    #[serde(default)]
+    pub bn_mode: super::sharpness::BatchNormMode,
+    /// Measure on the first this many un-augmented training images (default: all of them).
+    #[serde(default)]
+    pub max_images: Option<usize>,
+    /// Lanczos tolerance on $\lVert Hv - \lambda v\rVert / \lvert\lambda\rvert$.
+    #[serde(default = "default_sharpness_tol")]
+    pub tol: f64,
+    /// Budget of Hessian-vector products per measurement.
+    #[serde(default = "default_sharpness_max_hvps")]
+    pub max_hvps: usize,
+    /// The finite-difference step relative to $\max(\lVert\theta\rVert, 1)$.
+    #[serde(default = "default_sharpness_eps_rel")]
+    pub eps_rel: f64,
+}
+
+impl SharpnessConfig {
+    /// Measurements every `every` steps with the defaults for everything else.
+    pub fn every(every: usize) -> Self {
+        SharpnessConfig {
+            every,
+            bn_mode: super::sharpness::BatchNormMode::default(),
+            max_images: None,
+            tol: default_sharpness_tol(),
+            max_hvps: default_sharpness_max_hvps(),
+            eps_rel: default_sharpness_eps_rel(),
+        }
+    }
+}
+
+fn default_sharpness_tol() -> f64 {
+    super::sharpness::DEFAULT_TOL
+}
+
+fn default_sharpness_max_hvps() -> usize {
+    super::sharpness::DEFAULT_MAX_HVPS
+}
+
+fn default_sharpness_eps_rel() -> f64 {
+    super::sharpness::DEFAULT_EPS_REL
 }
 
 fn default_eval_batch_size() -> usize {
@@ -369,6 +433,26 @@ impl RunConfig {
                 }
             }
         }
+        if let Some(sh) = &self.sharpness {
+            positive("sharpness.every", sh.every)?;
+            positive("sharpness.max_hvps", sh.max_hvps)?;
+            if !(sh.tol.is_finite() && sh.tol > 0.0 && sh.tol < 1.0) {
+                return Err(Error::invalid("sharpness.tol", format!("{} is not in (0, 1)", sh.tol)));
+            }
+            if !(sh.eps_rel.is_finite() && sh.eps_rel > 0.0 && sh.eps_rel < 1.0) {
+                return Err(Error::invalid("sharpness.eps_rel", format!("{} is not in (0, 1)", sh.eps_rel)));
+            }
+            if let Some(m) = sh.max_images {
+                positive("sharpness.max_images", m)?;
+                let block = self.block_size();
+                if m < block {
+                    return Err(Error::invalid(
+                        "sharpness.max_images",
+                        format!("{m} is below the block size {block} (one BatchNorm batch)"),
+                    ));
+                }
+            }
+        }
         let o = &self.optimizer;
         if !(o.lr.is_finite() && o.lr > 0.0) {
             return Err(Error::invalid("optimizer.lr", format!("{} is not positive and finite", o.lr)));
@@ -406,6 +490,15 @@ impl RunConfig {
         match &self.mode {
             Mode::Sgd { epochs, .. } => *epochs,
             Mode::FullBatch { steps, .. } => *steps,
+        }
+    }
+
+    /// Images per forward/backward pass of training: `block_size` (full batch) or `batch_size`
+    /// (SGD).
+    pub fn block_size(&self) -> usize {
+        match &self.mode {
+            Mode::Sgd { batch_size, .. } => *batch_size,
+            Mode::FullBatch { block_size, .. } => *block_size,
         }
     }
 

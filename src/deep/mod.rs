@@ -11,6 +11,9 @@
 //! - [`run`]: the training loop of `fullbatch train`: run directory, JSONL log, atomic
 //!   checkpoints, exact resume from (seed, step)-derived randomness, divergence and Ctrl-C
 //!   handling; and the device checks (gradient agreement between backends, throughput).
+//! - [`sharpness`]: the Hessian of the full-batch loss as a finite-difference
+//!   [`crate::sharpness::LinearOperator`] over the flattened parameters (BatchNorm in training or
+//!   inference mode), and $\lambda_{\max}$ by Lanczos ([`sharpness::network_lambda_max`]).
 //!
 //! Precision: everything here is `f32`, burn's default float type on both the CPU backend (Flex)
 //! and the GPU path (CUDA, where f32 matmuls and convolutions may run as TF32 on tensor cores).
@@ -22,6 +25,7 @@
 pub mod config;
 pub mod resnet;
 pub mod run;
+pub mod sharpness;
 pub mod train;
 
 use burn::tensor::backend::Backend;

@@ -22,7 +22,19 @@
 //! step `s` therefore replays steps `s, s+1, ...` exactly as an uninterrupted run would, on the
 //! same backend and machine (bit for bit, since the weights and optimizer state are stored in
 //! full precision): the log lines after resume are identical except for the wall-time fields
-//! (`wall_s`, `step_s`, `images_per_s`). The log is cut back to the checkpoint's step on resume.
+//! (`wall_s`, `step_s`, `images_per_s`, `lambda_s`). The log is cut back to the checkpoint's
+//! step on resume.
+//!
+//! # Sharpness
+//! With a `[sharpness]` section ([`super::config::SharpnessConfig`]) $\lambda_{\max}$ of the
+//! Hessian is measured after the update of every `every`-th step and of the last one
+//! ([`super::sharpness::network_lambda_max`]), on the first `max_images` un-augmented training
+//! images, and logged (`lambda_max`, `lambda_residual`, `lambda_hvps`, `lambda_s`). The
+//! measurement changes neither the parameters nor the BatchNorm running statistics and draws no
+//! training randomness (its random start vector, used at the first measurement only, has its own
+//! stream [`stream::SHARPNESS`]). Each measurement is warm-started from the previous eigenvector,
+//! rounded to `f32`; checkpoints store that vector (`sharpness_start.bin`, little-endian `f32`)
+//! so a resumed run starts its next measurement from the same vector as an uninterrupted one.
 //!
 //! # Stopping
 //! A non-finite loss or gradient norm stops the run with [`Error::Diverged`] (the step is the
@@ -49,6 +61,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{Dataset, Mode, RunConfig};
 use super::resnet::{ResNet, ResNetConfig};
+use super::sharpness::{SharpnessParams, network_lambda_max};
 use super::train::{
     self, BlockOrder, FullBatchOptions, Regulariser, WarmupCosine, clip_global_norm, cross_entropy, evaluate,
     full_batch_step, global_grad_norm, grads_to_vec,
@@ -72,6 +85,8 @@ pub mod stream {
     pub const AUGMENT: u64 = 5;
     /// The block order (full batch) or minibatch permutation (SGD) of step (epoch) `index`.
     pub const ORDER: u64 = 6;
+    /// The random start vector of the sharpness measurement after step (epoch) `index`.
+    pub const SHARPNESS: u64 = 7;
 }
 
 /// SplitMix64's finaliser: a bijective mix of 64 bits.
@@ -149,10 +164,19 @@ pub struct LogEntry {
     pub step_s: f64,
     /// Training images processed per second in this step (gradient images / `step_s`).
     pub images_per_s: f64,
+    /// $\lambda_{\max}$ of the Hessian of the training loss after this step's update, at
+    /// sharpness steps (`[sharpness]`).
+    pub lambda_max: Option<f64>,
+    /// The true residual $\lVert Hv - \lambda v\rVert$ of its unit eigenvector.
+    pub lambda_residual: Option<f64>,
+    /// Hessian-vector products the measurement used (two full-batch gradients each).
+    pub lambda_hvps: Option<usize>,
+    /// Seconds of the measurement (not in `step_s`).
+    pub lambda_s: Option<f64>,
 }
 
 /// The fields of [`LogEntry`] that depend on time, not on the computation.
-pub const WALL_TIME_FIELDS: [&str; 3] = ["wall_s", "step_s", "images_per_s"];
+pub const WALL_TIME_FIELDS: [&str; 4] = ["wall_s", "step_s", "images_per_s", "lambda_s"];
 
 /// What `run.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -360,7 +384,15 @@ fn recorder_error(path: &Path, e: impl std::fmt::Debug) -> Error {
 
 /// Saves model, optimizer state and step as `checkpoints/step-NNNNNN` (atomically), points
 /// `checkpoints/latest` at it and removes all but the two newest checkpoints.
-fn save_checkpoint<B, O>(dir: &Path, step: usize, seed: u64, wall_s: f64, model: &ResNet<B>, optim: &O) -> Result<()>
+fn save_checkpoint<B, O>(
+    dir: &Path,
+    step: usize,
+    seed: u64,
+    wall_s: f64,
+    model: &ResNet<B>,
+    optim: &O,
+    sharpness_start: Option<&[f32]>,
+) -> Result<()>
 where
     B: AutodiffBackend,
     O: Optimizer<ResNet<B>, B>,
@@ -382,6 +414,10 @@ where
         .map_err(|e| recorder_error(&optim_path, e))?;
     let state = serde_json::to_vec_pretty(&CheckpointState { step, seed, wall_s }).map_err(json_error)?;
     write_atomic(&tmp.join("state.json"), &state)?;
+    if let Some(v) = sharpness_start {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        write_atomic(&tmp.join(SHARPNESS_START), &bytes)?;
+    }
     for f in ["model.bin", "optim.bin"] {
         let p = tmp.join(f);
         File::open(&p).and_then(|f| f.sync_all()).map_err(|e| Error::io(&p, e))?;
@@ -409,6 +445,22 @@ where
         }
     }
     Ok(())
+}
+
+/// The file of a checkpoint with the warm start of the next sharpness measurement.
+const SHARPNESS_START: &str = "sharpness_start.bin";
+
+/// Reads the warm start of a checkpoint (`None` if it has none).
+fn load_sharpness_start(checkpoint: &Path) -> Result<Option<Vec<f32>>> {
+    let path = checkpoint.join(SHARPNESS_START);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    if bytes.len() % 4 != 0 {
+        return Err(Error::bad_file(&path, format!("{} bytes is not a whole number of f32", bytes.len())));
+    }
+    Ok(Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
 }
 
 /// Loads a checkpoint into `model` and `optim`.
@@ -524,9 +576,12 @@ pub fn run<B: AutodiffBackend>(
 
     let (mut start_step, mut wall_offset) = (0usize, 0.0f64);
     let mut last: Option<LogEntry> = None;
+    // The warm start of the next sharpness measurement (the last eigenvector, rounded to f32).
+    let mut sharpness_start: Option<Vec<f32>> = None;
     if options.resume {
         let (path, _) = latest_checkpoint(dir)?
             .ok_or_else(|| Error::invalid("resume", format!("{} has no checkpoint", dir.display())))?;
+        sharpness_start = load_sharpness_start(&path)?;
         let (m, opt, state) = load_checkpoint(&path, model, optim, device)?;
         model = m;
         optim = opt;
@@ -575,6 +630,15 @@ pub fn run<B: AutodiffBackend>(
                 batch_from_images(&set, &data.mean, &data.std, device)
             }
         }
+    };
+
+    // The images of the sharpness measurements: the first `max_images` un-augmented ones.
+    let sharpness_data: Option<Batch<B>> = match &config.sharpness {
+        Some(sh) => {
+            let n = sh.max_images.map_or(data.train.len(), |m| m.min(data.train.len()));
+            Some(batch_from_images(&data.train.head(n), &data.mean, &data.std, device)?)
+        }
+        None => None,
     };
 
     let end = options.max_steps.map_or(total, |m| m.min(total));
@@ -675,6 +739,39 @@ pub fn run<B: AutodiffBackend>(
                 eprintln!("{line}");
             }
         }
+        if let (Some(sh), Some(sdata)) = (&config.sharpness, &sharpness_data)
+            && (done % sh.every == 0 || done == total)
+        {
+            let seed = derive_seed(config.seed, stream::SHARPNESS, done as u64);
+            let mut params = SharpnessParams::new(sh.bn_mode, config.block_size(), seed);
+            params.tol = sh.tol;
+            params.max_hvps = sh.max_hvps;
+            params.eps_rel = sh.eps_rel;
+            let d = model.num_trainable_params();
+            params.start = sharpness_start
+                .as_ref()
+                .filter(|v| v.len() == d && v.iter().any(|&x| x != 0.0))
+                .map(|v| v.iter().map(|&x| f64::from(x)).collect());
+            let r = network_lambda_max(&model, sdata, &params).map_err(|e| at_step(e, t))?;
+            entry.lambda_max = Some(r.lambda_max);
+            entry.lambda_residual = Some(r.residual);
+            entry.lambda_hvps = Some(r.hvps);
+            entry.lambda_s = Some(r.wall_s);
+            sharpness_start = Some(r.vector.iter().map(|&x| x as f32).collect());
+            let line = format!(
+                "step {done}: lambda_max {:.4} (residual {:.2e}, {} HVPs, {:.1} s{})",
+                r.lambda_max,
+                r.residual,
+                r.hvps,
+                r.wall_s,
+                if r.converged { "" } else { ", not converged" }
+            );
+            if options.progress {
+                bar.println(line);
+            } else if options.report_evaluations {
+                eprintln!("{line}");
+            }
+        }
         entry.wall_s = wall_offset + started.elapsed().as_secs_f64();
         let line = serde_json::to_string(&entry).map_err(json_error)?;
         writeln!(log, "{line}").and_then(|_| log.flush()).map_err(|e| Error::io(&log_path, e))?;
@@ -684,7 +781,15 @@ pub fn run<B: AutodiffBackend>(
         t = done;
         let stop = options.stop.is_some_and(|s| s.load(Ordering::SeqCst));
         if done % config.checkpoint_every == 0 || done == end || stop {
-            save_checkpoint(dir, done, config.seed, wall_offset + started.elapsed().as_secs_f64(), &model, &optim)?;
+            save_checkpoint(
+                dir,
+                done,
+                config.seed,
+                wall_offset + started.elapsed().as_secs_f64(),
+                &model,
+                &optim,
+                sharpness_start.as_deref(),
+            )?;
         }
         if stop && done < end {
             stopped_early = true;

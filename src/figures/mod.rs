@@ -296,7 +296,9 @@ pub fn edge_of_stability_figure(
     let mut loss = Vec::new();
     let mut sharp = Vec::new();
     // The gradient flow does not depend on h: draw it from the variant that follows it longest.
-    let mut flow: Option<(f64, Vec<(f64, f64)>, Vec<(f64, f64)>)> = None;
+    // (last time, lambda_max curve, loss curve) of the longest-followed flow.
+    type Curve = Vec<(f64, f64)>;
+    let mut flow: Option<(f64, Curve, Curve)> = None;
     for (i, v) in results.config.variants.iter().enumerate() {
         let h = v.lr;
         loss.push(Series {

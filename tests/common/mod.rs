@@ -2,6 +2,9 @@
 //! that proptest can shrink them.
 #![allow(dead_code)]
 
+#[cfg(feature = "burn")]
+pub mod train_run;
+
 use fullbatch::data::{self, Dataset};
 use fullbatch::models::{Activation, Network, NetworkSpec, OutputLoss};
 use fullbatch::objective::Objective;

@@ -1,0 +1,698 @@
+//! Sharpness of a network: the Hessian of the full-batch training loss of a burn model as a
+//! [`LinearOperator`] over its flattened trainable parameters, applied by central differences of
+//! full-batch gradients, so that [`lanczos`] measures $\lambda_{\max}$ of a ResNet.
+//!
+//! # The operator
+//! With $\theta \in \mathbb R^d$ the trainable parameters (every float tensor that requires a
+//! gradient, in the model's visiting order; BatchNorm running statistics are not parameters) and
+//! $\bar g(\theta) = \frac1K\sum_{k=1}^K \nabla L_k(\theta)$ the full-batch gradient of the mean
+//! cross-entropy over $K$ blocks ([`full_batch_gradient`]: blocks of consecutive images,
+//! drop-last), [`NetworkHessian`] applies
+//! $$Hv \approx \lVert v\rVert\,\frac{\bar g(\theta + \varepsilon\hat v) - \bar g(\theta - \varepsilon\hat v)}{2\varepsilon},
+//!   \qquad \hat v = v/\lVert v\rVert .$$
+//! Two full-batch gradients per product (each a forward and a backward pass per block).
+//!
+//! # ReLU gates
+//! The gradient of a ReLU network jumps where a unit changes sign, and a central difference
+//! would add, divided by $\varepsilon$, the jumps of all units crossing zero between
+//! $\theta \pm \varepsilon\hat v$: a term that does not vanish as $\varepsilon \to 0$ and makes
+//! the "operator" nonlinear and ill-defined (measured on a tiny ResNet without gates: products
+//! changing by about 100% between steps, $H(u+v)$ off $Hu + Hv$ by 50-70%, no Lanczos
+//! convergence at 10% in 300 products). So the gradients are taken of the network with every
+//! ReLU gated by the activation pattern at $\theta$ on the same block ([`HessianModel`],
+//! [`GatedResNet`]): smooth in the parameters, its Hessian at $\theta$ is the almost-everywhere
+//! Hessian that automatic differentiation gives (PyTorch's double backward), and the difference
+//! converges to it. Cost: one more forward pass per block and gradient.
+//!
+//! # BatchNorm mode ([`BatchNormMode`])
+//! - [`BatchNormMode::Train`]: every block is normalised with its own batch statistics, so the
+//!   loss is the one full-batch training minimises (the block size is part of its definition:
+//!   use the run's `block_size`). Its Hessian includes the dependence of the batch statistics on
+//!   the parameters.
+//! - [`BatchNormMode::Eval`]: BatchNorm is the fixed affine map of the running statistics, the
+//!   loss the inference model is evaluated with; blocks only bound the memory.
+//!
+//! In both modes the running statistics of the measured model are left exactly as they were:
+//! the operator works on a copy made with `M::from_inner(model.valid())`, whose running-statistic
+//! cells are new (burn shares them between clones of one module, so forward passes on perturbed
+//! clones of the model itself would move its statistics). The parameters are never changed: the
+//! perturbed points are new tensors.
+//!
+//! # Weight decay
+//! Not included: the operator is the Hessian of the data loss only (the usual definition of
+//! sharpness, and what the edge-of-stability threshold $2/\eta$ compares with for plain
+//! gradient descent). Coupled L2 weight decay $\lambda$ would add $\lambda I$, shifting every
+//! eigenvalue by $\lambda$ ($5\cdot10^{-4}$ in the paper).
+//!
+//! # Precision
+//! burn computes in `f32` (the only float type of the CPU and CUDA backends used here, and the
+//! precision the network trains in). The operator reads gradients back as `f32`, takes the
+//! difference and the scaling in `f64`, and exposes `f64` vectors to [`lanczos`]. The accuracy of
+//! a product is therefore limited by `f32`: with unit roundoff $u = 2^{-24} \approx 6\cdot10^{-8}$,
+//! - rounding the perturbed parameters $\theta \pm \varepsilon\hat v$ to `f32` moves them by up to
+//!   $u\lvert\theta_i\rvert$ per entry, a relative error of about $u\lVert\theta\rVert/\varepsilon$ in $Hv$;
+//! - the rounding of the two gradients (relative $\sim 10^{-6}$, correlated between the nearby
+//!   points) enters divided by $\varepsilon$;
+//! - the truncation error is $O(\varepsilon^2)$ for smooth losses, and $O(\varepsilon)$ where
+//!   ReLU kinks are crossed.
+//!
+//! The step is $\varepsilon = \texttt{eps\_rel}\cdot\max(\lVert\theta\rVert, 1)$ with
+//! `eps_rel` $= 10^{-3}$ by default ([`DEFAULT_EPS_REL`]): the parameter rounding is then about
+//! $u/10^{-3} \approx 6\cdot10^{-5}$ relative. Measured by the tests (`tests/deep_sharpness.rs`):
+//! on a tanh MLP the product's error against the exact `f64` HVP of the theory module is
+//! $5\cdot10^{-5}$ at `eps_rel` $10^{-3}$ ($4.9\cdot10^{-4}$ at $10^{-4}$, $2\cdot10^{-3}$ at
+//! $10^{-2}$: rounding below, truncation above), and $\lambda_{\max}$ agrees to $10^{-4}$
+//! relative; on a tiny ResNet the operator is linear to $7\cdot10^{-5}$ and symmetric to
+//! $2\cdot10^{-6}$ (relative to $\lVert Hu\rVert\lVert v\rVert$), and a product changes by
+//! $2\cdot10^{-4}$-$6\cdot10^{-4}$ between steps $10^{-4}$ and $10^{-2}$. Residual tolerances
+//! near $10^{-3}$ are at the edge of what this operator supports; the default Lanczos tolerance
+//! is $10^{-2}$ on the true residual $\lVert Hv - \lambda v\rVert \le \text{tol}\cdot\lvert\lambda\rvert$
+//! ([`DEFAULT_TOL`]), which bounds the eigenvalue error far more tightly.
+
+use std::cell::{Cell, RefCell};
+use std::marker::PhantomData;
+use std::time::Instant;
+
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
+use burn::nn::BatchNorm;
+use burn::nn::conv::Conv2d;
+use burn::tensor::activation::relu;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::module::avg_pool2d;
+use burn::tensor::{Tensor, TensorData};
+use ndarray::{Array1, Array2, ArrayView1};
+use ndarray_linalg::{Eigh, UPLO};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
+
+use super::Batch;
+use super::resnet::{BasicBlock, ResNet};
+use super::train::{BlockOrder, FullBatchOptions, ImageClassifier, full_batch_gradient, grads_to_vec};
+use crate::sharpness::{LanczosParams, LinearOperator, Which, lanczos};
+use crate::{Error, Result};
+
+/// The default relative finite-difference step: $\varepsilon = 10^{-3}\max(\lVert\theta\rVert, 1)$
+/// (see the module documentation).
+pub const DEFAULT_EPS_REL: f64 = 1e-3;
+
+/// The default Lanczos tolerance on the relative true residual. The eigenvalue itself is more
+/// accurate, about $(\text{tol}\,\lambda)^2/\text{gap}$ (plus the operator error).
+pub const DEFAULT_TOL: f64 = 1e-2;
+
+/// The default budget of Hessian-vector products per measurement.
+pub const DEFAULT_MAX_HVPS: usize = 100;
+
+/// How BatchNorm layers normalise while the Hessian is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchNormMode {
+    /// Batch statistics of every block (the loss full-batch training sees).
+    #[default]
+    Train,
+    /// The running statistics (the loss of the inference model).
+    Eval,
+}
+
+/// A model whose Hessian [`NetworkHessian`] can take: it gives, at its own parameters, a
+/// network to differentiate with BatchNorm in a given [`BatchNormMode`] and, where the model has
+/// ReLUs, every ReLU gated by the activation pattern of a reference model (the unperturbed point
+/// $\theta$) on the same images.
+///
+/// Why the gates: the gradient of a ReLU network jumps where a unit changes sign, so a central
+/// difference over $\theta \pm \varepsilon\hat v$ adds the jumps of every unit that crosses zero
+/// in between, divided by $\varepsilon$. Their number grows like $\varepsilon$, so this term does
+/// not vanish as $\varepsilon \to 0$ (measured on a tiny ResNet: the product changed by about
+/// 100% between steps $10^{-4}$ and $3\cdot10^{-2}$, and $H(u+v)$ differed from $Hu + Hv$ by
+/// 50-70%). With the activation pattern frozen at $\theta$ the network is smooth in the
+/// parameters near $\theta$, and the difference converges to the almost-everywhere Hessian, the
+/// one automatic differentiation computes (PyTorch's double backward treats $\mathrm{relu}'$ as
+/// a constant mask).
+pub trait HessianModel<B: AutodiffBackend>: AutodiffModule<B> + ImageClassifier<B> {
+    /// The differentiated network (the same parameter ids as the model, so gradients apply to
+    /// both).
+    type View: AutodiffModule<B> + ImageClassifier<B>;
+    /// The network at `self`'s parameters, with BatchNorm in `mode` and ReLUs gated by
+    /// `reference`'s activation pattern. Evaluating it must not change `self`'s running
+    /// statistics.
+    fn view(&self, reference: &Self, mode: BatchNormMode) -> Self::View;
+}
+
+/// A [`ResNet`] at the parameters of `net` whose ReLUs are gated by the activation pattern of
+/// `reference` on the same images, $\mathrm{relu}(x) \to x \odot \mathbb 1[x_{\text{ref}} > 0]$,
+/// and whose BatchNorms use batch statistics (`eval = false`, burn's training forward) or the
+/// running statistics (`eval = true`):
+/// $\mathrm{bn}(x) = \gamma\,(x - \hat\mu)/\sqrt{\hat\sigma^2 + \epsilon} + \beta$ with the running
+/// mean $\hat\mu$ and (biased) running variance $\hat\sigma^2$ held constant, the operations of
+/// burn's inference forward. With `reference` equal to `net` the logits are the ResNet's.
+#[derive(Module, Debug)]
+pub struct GatedResNet<B: Backend> {
+    /// The network whose parameters are differentiated.
+    pub net: ResNet<B>,
+    /// The network whose activation pattern gates the ReLUs (its parameters should not require
+    /// gradients: [`NetworkHessian`] passes a `no_grad` copy).
+    pub reference: ResNet<B>,
+    /// Running statistics instead of batch statistics.
+    pub eval: bool,
+}
+
+/// The gates of a forward pass: recorded from a reference pass, then applied in order.
+enum Gates<B: Backend> {
+    Record(Vec<Tensor<B, 4>>),
+    Apply(std::vec::IntoIter<Tensor<B, 4>>),
+}
+
+impl<B: Backend> Gates<B> {
+    /// `relu(x)` while recording (the gate is $\mathbb 1[x > 0]$), `x * gate` while applying.
+    fn relu(&mut self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self {
+            Gates::Record(gates) => {
+                gates.push(x.clone().greater_elem(0.0).float().detach());
+                relu(x)
+            }
+            Gates::Apply(gates) => match gates.next() {
+                Some(g) => x.mul(g),
+                None => relu(x),
+            },
+        }
+    }
+}
+
+fn bn_running<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let c = x.dims()[1];
+    let shape = [1, c, 1, 1];
+    let mean = bn.running_mean.value().reshape(shape);
+    let std = bn.running_var.value().add_scalar(bn.epsilon).sqrt().reshape(shape);
+    x.sub(mean).div(std).mul(bn.gamma.val().reshape(shape)).add(bn.beta.val().reshape(shape))
+}
+
+fn conv_bn<B: Backend>(conv: &Conv2d<B>, bn: &BatchNorm<B>, x: Tensor<B, 4>, eval: bool) -> Tensor<B, 4> {
+    let y = conv.forward(x);
+    if eval { bn_running(bn, y) } else { bn.forward(y) }
+}
+
+fn block_gated<B: Backend>(block: &BasicBlock<B>, x: Tensor<B, 4>, eval: bool, gates: &mut Gates<B>) -> Tensor<B, 4> {
+    let out = gates.relu(conv_bn(&block.conv1, &block.bn1, x.clone(), eval));
+    let out = conv_bn(&block.conv2, &block.bn2, out, eval);
+    let identity = match &block.shortcut {
+        Some(s) => conv_bn(&s.conv, &s.bn, avg_pool2d(x, [2, 2], [2, 2], [0, 0], true, false), eval),
+        None => x,
+    };
+    gates.relu(out + identity)
+}
+
+/// The ResNet's forward with BatchNorm as `eval` says and ReLUs through `gates`.
+fn forward_gated<B: Backend>(net: &ResNet<B>, images: Tensor<B, 4>, eval: bool, gates: &mut Gates<B>) -> Tensor<B, 2> {
+    let mut x = gates.relu(conv_bn(&net.stem_conv, &net.stem_bn, images, eval));
+    for block in &net.blocks {
+        x = block_gated(block, x, eval, gates);
+    }
+    let [n, c, h, w] = x.dims();
+    let pooled = x.reshape([n, c, h * w]).mean_dim(2).reshape([n, c]);
+    net.fc.forward(pooled)
+}
+
+impl<B: Backend> GatedResNet<B> {
+    /// The logits (shapes as [`ResNet::forward`]): a forward pass of `reference` records the
+    /// gates, a forward pass of `net` applies them.
+    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        let mut record = Gates::Record(Vec::new());
+        forward_gated(&self.reference, images.clone(), self.eval, &mut record);
+        let gates = match record {
+            Gates::Record(g) => g,
+            Gates::Apply(_) => Vec::new(),
+        };
+        forward_gated(&self.net, images, self.eval, &mut Gates::Apply(gates.into_iter()))
+    }
+}
+
+impl<B: Backend> ImageClassifier<B> for GatedResNet<B> {
+    fn logits(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.forward(images)
+    }
+}
+
+impl<B: AutodiffBackend> HessianModel<B> for ResNet<B> {
+    type View = GatedResNet<B>;
+    fn view(&self, reference: &Self, mode: BatchNormMode) -> GatedResNet<B> {
+        GatedResNet { net: self.clone(), reference: reference.clone(), eval: mode == BatchNormMode::Eval }
+    }
+}
+
+/// The trainable parameters of `model` (float tensors that require a gradient) as one flat
+/// `f32` vector, in visiting order.
+///
+/// # Errors
+/// [`Error::InvalidParameter`] if a tensor cannot be read back.
+pub fn trainable_to_vec<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M) -> Result<Vec<f32>> {
+    struct Flatten<B> {
+        out: Vec<f32>,
+        error: Option<Error>,
+        _b: PhantomData<B>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let t = param.val();
+            if !t.is_require_grad() {
+                return;
+            }
+            match t.inner().into_data().convert::<f32>().to_vec::<f32>() {
+                Ok(v) => self.out.extend(v),
+                Err(e) => self.error = Some(Error::invalid("parameter", format!("{e:?}"))),
+            }
+        }
+    }
+    let mut v = Flatten::<B> { out: Vec::new(), error: None, _b: PhantomData };
+    model.visit(&mut v);
+    match v.error {
+        Some(e) => Err(e),
+        None => Ok(v.out),
+    }
+}
+
+/// Whether each float tensor of `model`, in visiting order, is trainable, with its size.
+fn layout<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M) -> Vec<(usize, bool)> {
+    struct Layout<B> {
+        out: Vec<(usize, bool)>,
+        _b: PhantomData<B>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Layout<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let t = param.val();
+            self.out.push((t.shape().num_elements(), t.is_require_grad()));
+        }
+    }
+    let mut v = Layout::<B> { out: Vec::new(), _b: PhantomData };
+    model.visit(&mut v);
+    v.out
+}
+
+/// A copy of `model` with its trainable parameters replaced by `values` (flat, visiting order,
+/// as [`trainable_to_vec`]), as fresh leaves that require gradients; other float tensors
+/// (running statistics) are left as they are.
+///
+/// # Errors
+/// [`Error::InvalidParameter`] if `values` has the wrong length.
+pub fn with_trainable<B: AutodiffBackend, M: AutodiffModule<B>>(model: M, values: &[f32]) -> Result<M> {
+    struct Set<'a, B> {
+        values: &'a [f32],
+        offset: usize,
+        short: bool,
+        _b: PhantomData<B>,
+    }
+    impl<B: AutodiffBackend> ModuleMapper<B> for Set<'_, B> {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (id, tensor, mapper) = param.consume();
+            if !tensor.is_require_grad() {
+                return Param::from_mapped_value(id, tensor, mapper);
+            }
+            let shape = tensor.shape();
+            let n = shape.num_elements();
+            let Some(slice) = self.values.get(self.offset..self.offset + n) else {
+                self.short = true;
+                return Param::from_mapped_value(id, tensor, mapper);
+            };
+            self.offset += n;
+            let inner =
+                Tensor::<B::InnerBackend, D>::from_data(TensorData::new(slice.to_vec(), shape), &tensor.device());
+            Param::from_mapped_value(id, Tensor::from_inner(inner).require_grad(), mapper)
+        }
+    }
+    let mut m = Set::<B> { values, offset: 0, short: false, _b: PhantomData };
+    let out = model.map(&mut m);
+    if m.short || m.offset != values.len() {
+        return Err(Error::invalid(
+            "values",
+            format!("{} values for a model with {} or more trainable entries", values.len(), m.offset),
+        ));
+    }
+    Ok(out)
+}
+
+/// The Hessian of the full-batch loss of a burn model at its current parameters, applied by
+/// central differences of full-batch gradients (see the module documentation for the formula,
+/// the BatchNorm modes, the step and the accuracy).
+///
+/// [`LinearOperator::apply`] cannot return an error: a failed product returns a vector of NaN
+/// (which [`lanczos`] rejects) and keeps the error for [`NetworkHessian::take_error`].
+pub struct NetworkHessian<'a, B: AutodiffBackend, M: HessianModel<B>> {
+    /// The model with fresh running-statistic cells (see the module documentation).
+    base: M,
+    /// The same without gradients: the reference of the ReLU gates.
+    reference: M,
+    data: &'a Batch<B>,
+    block_size: usize,
+    mode: BatchNormMode,
+    theta: Vec<f32>,
+    eps: f64,
+    layout: Vec<(usize, bool)>,
+    applications: Cell<usize>,
+    error: RefCell<Option<Error>>,
+}
+
+impl<'a, B: AutodiffBackend, M: HessianModel<B>> NetworkHessian<'a, B, M> {
+    /// The operator of `model` on `data` in blocks of `block_size` (the BatchNorm batch in
+    /// [`BatchNormMode::Train`]), with step $\varepsilon = \texttt{eps\_rel}\max(\lVert\theta\rVert, 1)$.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] if `block_size` is zero or larger than the data, `eps_rel` is
+    /// not positive and finite, the model has no trainable parameter, or a tensor cannot be read.
+    pub fn new(model: &M, data: &'a Batch<B>, block_size: usize, mode: BatchNormMode, eps_rel: f64) -> Result<Self> {
+        if block_size == 0 || block_size > data.len() {
+            return Err(Error::invalid(
+                "block_size",
+                format!("{block_size} is not in 1..={} (the images measured)", data.len()),
+            ));
+        }
+        if !(eps_rel.is_finite() && eps_rel > 0.0) {
+            return Err(Error::invalid("eps_rel", format!("{eps_rel} is not positive and finite")));
+        }
+        let base = M::from_inner(model.valid());
+        let reference = base.clone().no_grad();
+        let theta = trainable_to_vec(&base)?;
+        if theta.is_empty() {
+            return Err(Error::invalid("model", "has no trainable parameters"));
+        }
+        let norm = theta.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+        let layout = layout(&base);
+        Ok(NetworkHessian {
+            base,
+            reference,
+            data,
+            block_size,
+            mode,
+            theta,
+            eps: eps_rel * norm.max(1.0),
+            layout,
+            applications: Cell::new(0),
+            error: RefCell::new(None),
+        })
+    }
+
+    /// The absolute step $\varepsilon$.
+    pub fn step(&self) -> f64 {
+        self.eps
+    }
+
+    /// The parameters $\theta$ (as `f64`).
+    pub fn theta(&self) -> Array1<f64> {
+        self.theta.iter().map(|&x| f64::from(x)).collect()
+    }
+
+    /// The BatchNorm mode.
+    pub fn mode(&self) -> BatchNormMode {
+        self.mode
+    }
+
+    /// Products computed so far (successful or not).
+    pub fn applications(&self) -> usize {
+        self.applications.get()
+    }
+
+    /// The error of the last failed product, if any (cleared).
+    pub fn take_error(&self) -> Option<Error> {
+        self.error.borrow_mut().take()
+    }
+
+    /// The full-batch gradient $\bar g(\theta')$ (trainable entries, `f64`) at
+    /// $\theta' = $ `point` (`None`: at $\theta$).
+    ///
+    /// # Errors
+    /// As [`full_batch_gradient`]; [`Error::InvalidParameter`] for a point of the wrong length.
+    pub fn gradient(&self, point: Option<&[f32]>) -> Result<Array1<f64>> {
+        let model = match point {
+            Some(p) => with_trainable(self.base.clone(), p)?,
+            None => self.base.clone(),
+        };
+        let options =
+            FullBatchOptions { block_size: self.block_size, order: BlockOrder::Sequential, regulariser: None };
+        let view = model.view(&self.reference, self.mode);
+        let full = full_batch_gradient(&view, self.data, &options)?;
+        let all = grads_to_vec(&model, &full.grads)?;
+        let mut out = Vec::with_capacity(self.theta.len());
+        let mut offset = 0;
+        for &(n, trainable) in &self.layout {
+            let slice = all
+                .get(offset..offset + n)
+                .ok_or_else(|| Error::invalid("gradient", format!("{} entries, layout needs more", all.len())))?;
+            if trainable {
+                out.extend(slice.iter().map(|&x| f64::from(x)));
+            }
+            offset += n;
+        }
+        Ok(Array1::from(out))
+    }
+
+    /// $Hv$ (see the module documentation); 0 for $v = 0$.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] if `v` has the wrong length or is not finite; the errors of
+    /// [`NetworkHessian::gradient`].
+    pub fn hvp(&self, v: ArrayView1<f64>) -> Result<Array1<f64>> {
+        self.applications.set(self.applications.get() + 1);
+        let d = self.theta.len();
+        if v.len() != d {
+            return Err(Error::invalid("v", format!("length {} for {d} parameters", v.len())));
+        }
+        let norm = v.dot(&v).sqrt();
+        if !norm.is_finite() {
+            return Err(Error::invalid("v", "is not finite"));
+        }
+        if norm == 0.0 {
+            return Ok(Array1::zeros(d));
+        }
+        let s = self.eps / norm;
+        let shifted = |sign: f64| -> Vec<f32> {
+            self.theta.iter().zip(v.iter()).map(|(&t, &x)| (f64::from(t) + sign * s * x) as f32).collect()
+        };
+        let plus = self.gradient(Some(&shifted(1.0)))?;
+        let minus = self.gradient(Some(&shifted(-1.0)))?;
+        Ok((plus - minus) * (norm / (2.0 * self.eps)))
+    }
+}
+
+impl<B: AutodiffBackend, M: HessianModel<B>> LinearOperator for NetworkHessian<'_, B, M> {
+    fn dim(&self) -> usize {
+        self.theta.len()
+    }
+    fn apply(&self, v: ArrayView1<f64>) -> Array1<f64> {
+        match self.hvp(v) {
+            Ok(w) => w,
+            Err(e) => {
+                *self.error.borrow_mut() = Some(e);
+                Array1::from_elem(self.theta.len(), f64::NAN)
+            }
+        }
+    }
+}
+
+/// Lanczos steps of the fallback of [`network_lambda_max`].
+pub const FALLBACK_STEPS: usize = 20;
+
+/// The top Ritz pair of `steps` Lanczos steps (full reorthogonalisation) from `start` (or a
+/// seeded random unit vector), returned as the Rayleigh quotient $\lambda = x^\top Hx$ of the
+/// Ritz vector $x$, the true residual $\lVert Hx - \lambda x\rVert$, and $x$.
+fn top_ritz_pair<B, M>(
+    op: &NetworkHessian<'_, B, M>,
+    start: Option<&Array1<f64>>,
+    steps: usize,
+    seed: u64,
+) -> Result<(f64, f64, Array1<f64>)>
+where
+    B: AutodiffBackend,
+    M: HessianModel<B>,
+{
+    let d = op.dim();
+    let unit = |x: Array1<f64>| -> Option<Array1<f64>> {
+        let n = x.dot(&x).sqrt();
+        (n.is_finite() && n > 0.0).then(|| x / n)
+    };
+    let random = || {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        Array1::from_shape_fn(d, |_| StandardNormal.sample(&mut rng))
+    };
+    let v0 = match start.filter(|s| s.len() == d).and_then(|s| unit(s.clone())) {
+        Some(v) => v,
+        None => unit(random()).ok_or_else(|| Error::invalid("start", "no unit vector"))?,
+    };
+    let m = steps.min(d).max(1);
+    let mut basis = vec![v0];
+    let mut t = Array2::<f64>::zeros((m, m));
+    let mut size = 0;
+    for j in 0..m {
+        let mut w = op.hvp(basis[j].view())?;
+        // Explicit projections, twice (full reorthogonalisation): T = V^T H V column by column.
+        for _ in 0..2 {
+            for (i, b) in basis.iter().enumerate() {
+                let h = b.dot(&w);
+                w.scaled_add(-h, b);
+                t[[i, j]] += h;
+            }
+        }
+        for i in 0..j {
+            let sym = 0.5 * (t[[i, j]] + t[[j, i]]);
+            t[[i, j]] = sym;
+            t[[j, i]] = sym;
+        }
+        size = j + 1;
+        if j + 1 == m {
+            break;
+        }
+        match unit(w) {
+            Some(next) if next.iter().all(|x| x.is_finite()) => basis.push(next),
+            _ => break,
+        }
+    }
+    let small = t.slice(ndarray::s![..size, ..size]).to_owned();
+    let (values, vectors) = if size == 1 {
+        (Array1::from_elem(1, small[[0, 0]]), Array2::from_elem((1, 1), 1.0))
+    } else {
+        small.eigh(UPLO::Lower)?
+    };
+    let top = (0..size).max_by(|&a, &b| values[a].total_cmp(&values[b])).unwrap_or(0);
+    let mut x = Array1::<f64>::zeros(d);
+    for (c, b) in vectors.column(top).iter().zip(&basis) {
+        x.scaled_add(*c, b);
+    }
+    let x = unit(x).ok_or_else(|| Error::invalid("ritz vector", "is zero"))?;
+    let hx = op.hvp(x.view())?;
+    let lambda = x.dot(&hx);
+    let residual = (&hx - &(&x * lambda)).dot(&(&hx - &(&x * lambda))).sqrt();
+    Ok((lambda, residual, x))
+}
+
+/// What [`network_lambda_max`] does.
+#[derive(Debug, Clone, Serialize)]
+pub struct SharpnessParams {
+    /// How BatchNorm normalises.
+    pub mode: BatchNormMode,
+    /// Images per block (the BatchNorm batch in [`BatchNormMode::Train`]).
+    pub block_size: usize,
+    /// The relative finite-difference step ([`DEFAULT_EPS_REL`]).
+    pub eps_rel: f64,
+    /// Lanczos tolerance on $\lVert Hv - \lambda v\rVert / \lvert\lambda\rvert$ ([`DEFAULT_TOL`]).
+    pub tol: f64,
+    /// Budget of Hessian-vector products ([`DEFAULT_MAX_HVPS`]).
+    pub max_hvps: usize,
+    /// Seed of the random start vector (used when `start` is `None`).
+    pub seed: u64,
+    /// Warm start: the previous eigenvector (its length must be the number of trainable
+    /// parameters).
+    #[serde(skip)]
+    pub start: Option<Array1<f64>>,
+}
+
+impl SharpnessParams {
+    /// The defaults for blocks of `block_size` in `mode`, with start seed `seed`.
+    pub fn new(mode: BatchNormMode, block_size: usize, seed: u64) -> Self {
+        SharpnessParams {
+            mode,
+            block_size,
+            eps_rel: DEFAULT_EPS_REL,
+            tol: DEFAULT_TOL,
+            max_hvps: DEFAULT_MAX_HVPS,
+            seed,
+            start: None,
+        }
+    }
+}
+
+/// $\lambda_{\max}$ of a network's Hessian, with the evidence.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkSharpness {
+    /// The largest (algebraic) eigenvalue found.
+    pub lambda_max: f64,
+    /// The true residual $\lVert Hv - \lambda v\rVert$ of the unit eigenvector (from an operator
+    /// output, not an estimate).
+    pub residual: f64,
+    /// Hessian-vector products used (two full-batch gradients each).
+    pub hvps: usize,
+    /// Whether the residual met `tol` $\cdot\lvert\lambda\rvert$ within the budget.
+    pub converged: bool,
+    /// Whether [`lanczos`] found no pair within the budget, so the value is the fallback's (see
+    /// [`network_lambda_max`]).
+    pub fallback: bool,
+    /// The absolute finite-difference step $\varepsilon$.
+    pub eps: f64,
+    /// The number of trainable parameters $d$.
+    pub dim: usize,
+    /// Images used (in whole blocks).
+    pub images: usize,
+    /// Wall time of the measurement, seconds.
+    pub wall_s: f64,
+    /// The unit eigenvector (the next measurement's warm start).
+    #[serde(skip)]
+    pub vector: Array1<f64>,
+}
+
+/// $\lambda_{\max}$ of the Hessian of the full-batch loss of `model` on `data` (see
+/// [`NetworkHessian`]) by [`lanczos`] (one eigenpair, largest algebraic, stopping on the true
+/// residual; no multiplicity check). When no pair meets the tolerance within `max_hvps` products
+/// (the finite-difference operator of a ReLU network is noisy, see the module documentation),
+/// the fallback runs [`FALLBACK_STEPS`] (at most `max_hvps`) plain Lanczos steps from the same
+/// start and returns the top Ritz vector $x$ with its Rayleigh quotient $\lambda = x^\top Hx$ and
+/// true residual $\lVert Hx - \lambda x\rVert$ (one more product), marked `converged: false`,
+/// `fallback: true`. Neither the parameters nor the BatchNorm running statistics
+/// of `model` change, and no random generator of the caller is used (the start vector comes from
+/// `params.seed` or `params.start`).
+///
+/// # Errors
+/// The errors of [`NetworkHessian::new`]; [`Error::InvalidParameter`] for a `tol` that is not
+/// positive, a zero budget or a start vector of the wrong length; a failed product's error;
+/// [`Error::Diverged`] if a product is not finite.
+pub fn network_lambda_max<B, M>(model: &M, data: &Batch<B>, params: &SharpnessParams) -> Result<NetworkSharpness>
+where
+    B: AutodiffBackend,
+    M: HessianModel<B>,
+{
+    let start = Instant::now();
+    if params.max_hvps == 0 {
+        return Err(Error::invalid("max_hvps", "must be positive"));
+    }
+    let op = NetworkHessian::new(model, data, params.block_size, params.mode, params.eps_rel)?;
+    let lp = LanczosParams {
+        k: 1,
+        which: Which::Largest,
+        tol: params.tol,
+        floor: params.tol,
+        max_basis: 0,
+        max_applications: params.max_hvps,
+        seed: params.seed,
+        verify_multiplicity: false,
+        start: params.start.clone(),
+    };
+    let result = lanczos(&op, &lp);
+    if let Some(e) = op.take_error() {
+        return Err(e);
+    }
+    let pairs = result?;
+    let (lambda_max, residual, vector, converged, fallback) = match pairs.values.first() {
+        Some(&value) => (
+            value,
+            pairs.residuals.first().copied().unwrap_or(f64::NAN),
+            pairs.vectors.column(0).to_owned(),
+            pairs.converged,
+            false,
+        ),
+        None => {
+            // No pair met the tolerance within the budget: the top Ritz pair of a short Krylov
+            // space from the same start, and its Rayleigh quotient and true residual.
+            let steps = params.max_hvps.clamp(1, FALLBACK_STEPS);
+            let (value, residual, vector) = top_ritz_pair(&op, params.start.as_ref(), steps, params.seed)?;
+            (value, residual, vector, false, true)
+        }
+    };
+    Ok(NetworkSharpness {
+        lambda_max,
+        residual,
+        hvps: op.applications(),
+        converged,
+        fallback,
+        eps: op.step(),
+        dim: op.dim(),
+        images: (data.len() / params.block_size) * params.block_size,
+        wall_s: start.elapsed().as_secs_f64(),
+        vector,
+    })
+}
