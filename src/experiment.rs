@@ -31,12 +31,12 @@ use ndarray::Array1;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::bea::{GdFlow, gd_modified_field};
 use crate::data::{self, Dataset, fashion_mnist};
+use crate::integrate::{AdaptiveParams, dormand_prince};
 use crate::models::{Activation, Network, NetworkSpec, OutputLoss};
 use crate::objective::{FiniteSum, GradientNormPenalty, MinibatchGradientPenalty, Objective};
 use crate::optim::{BatchSampler, Sampling};
-use crate::bea::{GdFlow, gd_modified_field};
-use crate::integrate::{AdaptiveParams, dormand_prince};
 use crate::sharpness::trace::{DensityParams, SpectralDensity, hutch_plus_plus, spectral_density};
 use crate::sharpness::{HessianOperator, LanczosParams, lanczos};
 use crate::stats::mean_and_stderr;
@@ -634,10 +634,9 @@ fn run_one(
         })
     };
     let theta0 = theta.clone();
-    let mut flows = (config.measure.gradient_flow
-        && variant.batch_size.is_none()
-        && variant.regulariser == Regulariser::None)
-        .then(|| Flows::new(net, &theta0, variant.lr, &config.measure));
+    let mut flows =
+        (config.measure.gradient_flow && variant.batch_size.is_none() && variant.regulariser == Regulariser::None)
+            .then(|| Flows::new(net, &theta0, variant.lr, &config.measure));
     let mut first = evaluate(&theta, 0, &mut warm)?;
     if let Some(f) = &mut flows {
         first.flow = Some(f.compare(&theta, &theta0, 0, seed)?);

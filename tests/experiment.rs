@@ -123,7 +123,10 @@ proptest! {
 fn gd_follows_the_modified_flow_to_second_order() {
     let config = TINY
         .replace("seeds = [0, 1]", "seeds = [0]")
-        .replace("every = 5\ntrace_budget = 12", "every = 5\ngradient_flow = true\nmodified_flow = true\nflow_until = 1.0\ndensity = true")
+        .replace(
+            "every = 5\ntrace_budget = 12",
+            "every = 5\ngradient_flow = true\nmodified_flow = true\nflow_until = 1.0\ndensity = true",
+        )
         .split("[[variants]]")
         .next()
         .unwrap()
@@ -142,7 +145,11 @@ fn gd_follows_the_modified_flow_to_second_order() {
     };
     for label in ["GD, h = 0.02", "GD, h = 0.01"] {
         // Evaluations at t = 0, 0.5, 1 carry flows; the last one (t = 1.2) is past flow_until.
-        let times: Vec<f64> = log.iter().filter(|e| e.variant == label && e.flow.is_some()).map(|e| e.flow.as_ref().unwrap().time).collect();
+        let times: Vec<f64> = log
+            .iter()
+            .filter(|e| e.variant == label && e.flow.is_some())
+            .map(|e| e.flow.as_ref().unwrap().time)
+            .collect();
         assert_eq!(times.len(), 3, "{label}: {times:?}");
         assert!(log.iter().any(|e| e.variant == label && e.flow.is_none()), "{label}: flows past flow_until");
         for t in [0.5, 1.0] {
@@ -162,7 +169,8 @@ fn gd_follows_the_modified_flow_to_second_order() {
     }
     for run in &results.runs {
         let d = run.density.as_ref().expect("density at the end");
-        let mass: f64 = d.grid.windows(2).zip(d.density.windows(2)).map(|(x, p)| (x[1] - x[0]) * (p[0] + p[1]) / 2.0).sum();
+        let mass: f64 =
+            d.grid.windows(2).zip(d.density.windows(2)).map(|(x, p)| (x[1] - x[0]) * (p[0] + p[1]) / 2.0).sum();
         assert!((mass - 1.0).abs() < 1e-3, "{}: density integrates to {mass}", run.variant);
     }
     for (name, fig) in [

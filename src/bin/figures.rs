@@ -159,7 +159,8 @@ fn main() -> Result<()> {
         experiments.push((results, log));
     }
 
-    let [(generalisation, generalisation_log), (eos, eos_log), (flows, flows_log), (sweep, _)] = &experiments[..] else {
+    let [(generalisation, generalisation_log), (eos, eos_log), (flows, flows_log), (sweep, _)] = &experiments[..]
+    else {
         anyhow::bail!("four toy experiments expected");
     };
     let cifar_runs = collect_cifar_runs(&cli.runs)?;

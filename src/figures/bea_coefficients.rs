@@ -18,8 +18,8 @@ use std::time::Instant;
 
 use crate::Result;
 use crate::bea::{
-    CoefficientMeasurement, Orderings, SuiteParams, gd_coefficient,
-    momentum_coefficient, momentum_coefficient_claim, sgd_coefficient_asymptotic,
+    CoefficientMeasurement, Orderings, SuiteParams, gd_coefficient, momentum_coefficient, momentum_coefficient_claim,
+    sgd_coefficient_asymptotic,
 };
 use crate::models::ModelKind;
 use crate::optim::Momentum;

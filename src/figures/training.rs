@@ -6,7 +6,14 @@ use crate::experiment::{Evaluation, ExperimentResults, mean_curve};
 use crate::plot::{Figure, Legend, Mark, Panel, Scale, Series};
 
 /// A panel with the given axes.
-fn panel(title: &str, x_label: &str, y_label: &str, scales: (Scale, Scale), series: Vec<Series>, legend: Legend) -> Panel {
+fn panel(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    scales: (Scale, Scale),
+    series: Vec<Series>,
+    legend: Legend,
+) -> Panel {
     Panel {
         title: title.into(),
         x_label: x_label.into(),
@@ -81,7 +88,12 @@ pub fn modified_flow_figure(results: &ExperimentResults, log: &[Evaluation]) -> 
     let plain_at = at_common(|f| Some(f.plain_distance));
     let modified_at = at_common(|f| f.modified_distance);
     let orders = vec![
-        Series { label: with_slope("from the gradient flow", &plain_at), points: plain_at, color: 0, mark: Mark::LinePoints },
+        Series {
+            label: with_slope("from the gradient flow", &plain_at),
+            points: plain_at,
+            color: 0,
+            mark: Mark::LinePoints,
+        },
         Series {
             label: with_slope("from the modified flow", &modified_at),
             points: modified_at,
@@ -103,7 +115,12 @@ pub fn modified_flow_figure(results: &ExperimentResults, log: &[Evaluation]) -> 
         let h_lambda: Vec<(f64, f64)> =
             mean_curve(log, &v.label, |e| e.lambda_max).into_iter().map(|(n, l)| (n * h, h * l)).collect();
         t_end = t_end.max(h_lambda.last().map_or(0.0, |p| p.0));
-        stability.push(Series { label: format!("h·λ_max(θ_n), {}", v.label), points: h_lambda, color: i, mark: Mark::Line });
+        stability.push(Series {
+            label: format!("h·λ_max(θ_n), {}", v.label),
+            points: h_lambda,
+            color: i,
+            mark: Mark::Line,
+        });
     }
     stability.push(Series {
         label: "stability limit h·λ = 2".into(),
@@ -112,7 +129,10 @@ pub fn modified_flow_figure(results: &ExperimentResults, log: &[Evaluation]) -> 
         mark: Mark::Dashed,
     });
     Figure {
-        title: format!("The modified flow in practice: GD iterates vs flows from the same start — {}", results.data_used),
+        title: format!(
+            "The modified flow in practice: GD iterates vs flows from the same start — {}",
+            results.data_used
+        ),
         panels: vec![
             panel(
                 &format!("distances at t = {t_common} vs step size (seed {first_seed})"),
@@ -215,7 +235,8 @@ pub fn lr_sweep_figure<'a>(results: &'a ExperimentResults) -> Figure {
     lrs.sort_by(f64::total_cmp);
     lrs.dedup();
     for (color, (name, stochastic)) in groups.into_iter().enumerate() {
-        let variants: Vec<_> = results.config.variants.iter().filter(|v| v.batch_size.is_some() == stochastic).collect();
+        let variants: Vec<_> =
+            results.config.variants.iter().filter(|v| v.batch_size.is_some() == stochastic).collect();
         if variants.is_empty() {
             continue;
         }
@@ -248,8 +269,18 @@ pub fn lr_sweep_figure<'a>(results: &'a ExperimentResults) -> Figure {
                 })
                 .collect::<Vec<_>>()
         };
-        sharpness.push(Series { label: label.clone(), points: mean_over_seeds(|r| r.last.lambda_max), color, mark: Mark::LinePoints });
-        accuracy.push(Series { label, points: mean_over_seeds(|r| Some(r.last.test_accuracy)), color, mark: Mark::LinePoints });
+        sharpness.push(Series {
+            label: label.clone(),
+            points: mean_over_seeds(|r| r.last.lambda_max),
+            color,
+            mark: Mark::LinePoints,
+        });
+        accuracy.push(Series {
+            label,
+            points: mean_over_seeds(|r| Some(r.last.test_accuracy)),
+            color,
+            mark: Mark::LinePoints,
+        });
     }
     sharpness.push(Series {
         label: "2/h".into(),
