@@ -246,29 +246,7 @@ impl<B: AutodiffBackend> HessianModel<B> for ResNet<B> {
 /// # Errors
 /// [`Error::InvalidParameter`] if a tensor cannot be read back.
 pub fn trainable_to_vec<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M) -> Result<Vec<f32>> {
-    struct Flatten<B> {
-        out: Vec<f32>,
-        error: Option<Error>,
-        _b: PhantomData<B>,
-    }
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<B> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let t = param.val();
-            if !t.is_require_grad() {
-                return;
-            }
-            match t.inner().into_data().convert::<f32>().to_vec::<f32>() {
-                Ok(v) => self.out.extend(v),
-                Err(e) => self.error = Some(Error::invalid("parameter", format!("{e:?}"))),
-            }
-        }
-    }
-    let mut v = Flatten::<B> { out: Vec::new(), error: None, _b: PhantomData };
-    model.visit(&mut v);
-    match v.error {
-        Some(e) => Err(e),
-        None => Ok(v.out),
-    }
+    super::train::float_tensors_to_vec(model, true)
 }
 
 /// Whether each float tensor of `model`, in visiting order, is trainable, with its size.

@@ -461,20 +461,34 @@ pub fn grads_to_vec<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M, grads: 
 /// # Errors
 /// [`Error::InvalidParameter`] if a tensor cannot be read back.
 pub fn params_to_vec<B: Backend, M: burn::module::Module<B>>(model: &M) -> Result<Vec<f32>> {
+    float_tensors_to_vec(model, false)
+}
+
+/// The float tensors of `model` (only those that require a gradient when `trainable_only`) as
+/// one flat `f32` vector, in visiting order.
+pub(crate) fn float_tensors_to_vec<B: Backend, M: burn::module::Module<B>>(
+    model: &M,
+    trainable_only: bool,
+) -> Result<Vec<f32>> {
     struct Flatten<B> {
+        trainable_only: bool,
         out: Vec<f32>,
         error: Option<Error>,
         _b: PhantomData<B>,
     }
     impl<B: Backend> ModuleVisitor<B> for Flatten<B> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            match param.val().into_data().convert::<f32>().to_vec::<f32>() {
+            let t = param.val();
+            if self.trainable_only && !t.is_require_grad() {
+                return;
+            }
+            match t.into_data().convert::<f32>().to_vec::<f32>() {
                 Ok(v) => self.out.extend(v),
                 Err(e) => self.error = Some(Error::invalid("parameter", format!("{e:?}"))),
             }
         }
     }
-    let mut v = Flatten::<B> { out: Vec::new(), error: None, _b: PhantomData };
+    let mut v = Flatten::<B> { trainable_only, out: Vec::new(), error: None, _b: PhantomData };
     model.visit(&mut v);
     match v.error {
         Some(e) => Err(e),
