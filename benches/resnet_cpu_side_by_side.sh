@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ResNet-18 (CIFAR variant) training throughput on the CPU: burn's Flex backend
-# (`fullbatch train --bench --backend cpu`) against PyTorch (scripts/torch_resnet18.py
+# (`fullbatch device bench --backend cpu`) against PyTorch (scripts/torch_resnet18.py
 # --device cpu), the same network, batch and thread count, run INTERLEAVED (burn, torch, burn,
 # torch, ...) so that load from other processes hits both alike. Also one full-batch step of
 # fullbatch's own training loop (`fullbatch train --config ... --max-steps 1`, synthetic 32x32
@@ -15,7 +15,11 @@
 #   THREADS [2]  WIDTH [64]  ROUNDS [2]
 #   BATCHES [128 32]; per batch B: WARMUP_B, ITERS_B [128: 1 and 2; 32: 1 and 4]
 #   FB_IMAGES [512] images of the full-batch step (blocks of 128; 0 skips it)
-# Output: benches/results/resnet_cpu_side_by_side.json (written to a temporary file, then moved).
+#   FULLBATCH_TCH_BIN  a build with the `tch` feature: adds burn's LibTorch backend on the CPU
+#                      (`device bench --backend tch-cpu`) to each round [none]; LD_LIBRARY_PATH
+#                      must reach libtorch (source scripts/libtorch.sh)
+#   BENCH_OUT [benches/results/resnet_cpu_side_by_side.json]
+# Output: BENCH_OUT (written to a temporary file, then moved).
 # One width-64 step of 128 images takes 15-35 s with burn on a loaded 2-core VM; the defaults
 # take about 8-10 minutes.
 set -euo pipefail
@@ -31,7 +35,8 @@ BATCHES="${BATCHES:-128 32}"
 FB_IMAGES="${FB_IMAGES:-512}"
 WARMUP_128="${WARMUP_128:-1}"; ITERS_128="${ITERS_128:-2}"
 WARMUP_32="${WARMUP_32:-1}"; ITERS_32="${ITERS_32:-4}"
-OUT="benches/results/resnet_cpu_side_by_side.json"
+OUT="${BENCH_OUT:-benches/results/resnet_cpu_side_by_side.json}"
+TCH_BIN="${FULLBATCH_TCH_BIN:-}"
 
 [ -x "$BIN" ] || { echo "error: $BIN is not an executable (set FULLBATCH_BIN)" >&2; exit 1; }
 "$PYTHON" -c "import torch" 2>/dev/null || {
@@ -48,8 +53,13 @@ for b in $BATCHES; do
   warm="${!wv:-1}"; iters="${!iv:-3}"
   for r in $(seq 1 "$ROUNDS"); do
     echo "batch $b round $r: burn (warm-up $warm, $iters timed)" >&2
-    "$BIN" train --bench --backend cpu --bench-width "$WIDTH" --bench-batch "$b" \
-      --bench-warmup "$warm" --bench-iters "$iters" --json-out "$TMP/burn-$b-$r.json" > /dev/null
+    "$BIN" device bench --backend cpu --width "$WIDTH" --batch "$b" \
+      --warmup "$warm" --iters "$iters" --json-out "$TMP/burn-$b-$r.json" > /dev/null
+    if [ -n "$TCH_BIN" ]; then
+      echo "batch $b round $r: burn LibTorch (tch-cpu)" >&2
+      "$TCH_BIN" device bench --backend tch-cpu --width "$WIDTH" --batch "$b" \
+        --warmup "$warm" --iters "$iters" --json-out "$TMP/tch-$b-$r.json" > /dev/null
+    fi
     echo "batch $b round $r: torch" >&2
     "$PYTHON" scripts/torch_resnet18.py --device cpu --threads "$THREADS" --width "$WIDTH" --batch "$b" \
       --warmup "$warm" --iters "$iters" --json-out "$TMP/torch-$b-$r.json" > /dev/null
@@ -117,6 +127,15 @@ for b in batches:
         "burn_over_torch": statistics.median(bi) / statistics.median(ti),
         "torch_over_burn": statistics.median(ti) / statistics.median(bi),
     }
+    tch = [json.load(open(p))["throughput"] for p in sorted(glob.glob(f"{tmp}/tch-{b}-*.json"))]
+    if tch:
+        ci = [r["images_per_s"] for r in tch]
+        res[str(b)].update({
+            "tch_cpu_images_per_s": ci,
+            "tch_cpu_median_images_per_s": statistics.median(ci),
+            "tch_cpu_over_torch": statistics.median(ci) / statistics.median(ti),
+            "tch_cpu_over_burn_flex": statistics.median(ci) / statistics.median(bi),
+        })
 fb = None
 log = os.path.join(tmp, "fb-run", "log.jsonl")
 if os.path.exists(log):
@@ -126,9 +145,10 @@ if os.path.exists(log):
           "step_s": e["step_s"], "images_per_s": e["images_per_s"], "train_loss": e["train_loss"]}
 doc = {
     "what": "ResNet-18 (CIFAR variant) training iteration (forward + cross-entropy + backward + Nesterov SGD "
-            "update) on 32x32 images, burn Flex (fullbatch train --bench) vs PyTorch CPU fp32 "
+            "update) on 32x32 images, burn Flex (fullbatch device bench) vs PyTorch CPU fp32 "
             "(scripts/torch_resnet18.py --device cpu), interleaved burn/torch per round",
-    "command": "bash benches/resnet_cpu_side_by_side.sh",
+    "command": "bash benches/resnet_cpu_side_by_side.sh"
+               + (" (FULLBATCH_TCH_BIN=$TCH_BIN)" if "$TCH_BIN" else ""),
     "git_commit": "$COMMIT",
     "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
     "cpu_model": "$CPU",
@@ -146,7 +166,9 @@ json.dump(doc, open(out, "w"), indent=2)
 open(out, "a").write("\n")
 for b, r in res.items():
     print(f"batch {b}: burn {r['burn_median_images_per_s']:.2f} img/s, torch {r['torch_median_images_per_s']:.2f} img/s, "
-          f"burn/torch {r['burn_over_torch']:.3f}", file=sys.stderr)
+          f"burn/torch {r['burn_over_torch']:.3f}"
+          + (f"; LibTorch {r['tch_cpu_median_images_per_s']:.2f} img/s, LibTorch/torch {r['tch_cpu_over_torch']:.3f}"
+             if "tch_cpu_over_torch" in r else ""), file=sys.stderr)
 if fb:
     print(f"full-batch step of {fb['images']} images: {fb['step_s']:.1f} s ({fb['images_per_s']:.2f} img/s)", file=sys.stderr)
 EOF

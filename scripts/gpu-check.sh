@@ -1,126 +1,181 @@
 #!/usr/bin/env bash
-# GPU check of the burn half, in one device call of under 8 minutes:
-#   1. correctness: one minibatch gradient of a ResNet-18 (width 16, 16 images) on CUDA vs the CPU
-#      (Flex), same weights and images; relative L2 difference must be below 1e-2 (TF32);
-#   2. throughput: training steps (forward + backward + Nesterov SGD) of ResNet-18 width 64,
-#      batch 128, 32x32, on CUDA after a warm-up (autotune), in images/s;
-#   3. the same model and work in PyTorch (scripts/torch_resnet18.py), and the ratio burn/torch;
-#   4. a short real run: experiments/cifar10/gpu-smoke.toml (full batch, blocks of 128, clipping,
-#      regulariser, 12 steps on 2560 synthetic images), its time per step and the estimate for a
-#      50,000-image CIFAR-10 step.
-# Writes $DIR/gpu-check.json (device from nvidia-smi, git commit, date, all numbers) plus each
-# stage's JSON and log, where DIR is the first argument, else $OUT, else experiments/results/gpu.
+# GPU check of the burn half, made for a short lease of a fresh, offline GPU machine (15 minutes
+# in all, at most 10 per command, results back only as a few files from $OUT):
+#   cold start  seconds to the first training step of ResNet-18 (width 64, batch 128) with the
+#               kernel cache as found (empty on a fresh machine, unless a cache is carried),
+#   warm start  the same in a new process with the cache the first one filled,
+#   steady      images/s of forward + backward + Nesterov SGD, for the CUDA backend, the LibTorch
+#               backend and PyTorch (scripts/torch_resnet18.py) in the same command, and ratios,
+#   full batch  one full-batch step over 50,000 synthetic images in blocks of 128, plain and with
+#               the regulariser (two passes per block), on CUDA, LibTorch and PyTorch,
+#   gradient    one minibatch gradient on CUDA and on LibTorch-CUDA vs the CPU (Flex), rel. L2,
+#   smoke       experiments/cifar10/gpu-smoke.toml on CUDA: first-step time, steady step time, loss,
+#               and exact resume (stopped at step 6, resumed, log lines compared).
+# Every stage prints progress as it goes (the binaries' warm-up lines count compiled kernels).
+# A packer running every 30 s copies into $OUT: gpu-check.json (the summary so far),
+# gpu-check.log (all stage logs), kernel-cache.tar.xz (the cubecl kernel cache), so a stage
+# killed at the command's limit still returns what it did, and a later call that carries
+# kernel-cache.tar.xz starts warm. Stages get what is left of GPU_CHECK_BUDGET, each up to its cap.
 #
-# The device has no cargo and no network: build here, carry the binary, run there:
-#   CUDARC_CUDA_VERSION=13000 CARGO_TARGET_DIR=target-cuda cargo build --release --features cuda --bin fullbatch
-#   strip target-cuda/release/fullbatch          # ~37 MB; the carry limit is 64 MiB
-#   run(command="FULLBATCH_BIN=target-cuda/release/fullbatch bash scripts/gpu-check.sh",
-#       carry=["target-cuda/release/fullbatch"], timeout_s=540)
-# Environment: FULLBATCH_BIN (default target/release/fullbatch), CUDA_PATH (default /usr/local/cuda;
-# NVRTC needs its headers at run time), GPU_CHECK_FAST=1 for shorter timings.
+# Usage (repository root; the bundle from `make gpu-bundle` carried):
+#   bash scripts/gpu-check.sh [BUNDLE]   BUNDLE: dist/fullbatch-gpu.tar.xz (default) or its
+#                                        unpacked directory
+# Environment:
+#   OUT                   where results go (default experiments/results/gpu/DATE)
+#   GPU_CHECK_BUDGET      seconds for all stages (default 540)
+#   KERNEL_CACHE_ARCHIVE  a kernel-cache.tar.xz of an earlier run on the same GPU type: start warm
+#                         (default: the bundle's kernel-cache/<device>/ if any)
+#   GPU_CHECK_STAGES      comma-separated subset, in order (default: all, in the order above)
+#   GPU_CHECK_CPU=1       dry run on a machine without a GPU: every stage on the CPU backends with
+#                         a tiny model (checks this script, not a GPU)
+#   CUDA_PATH             CUDA toolkit whose headers NVRTC needs (default /usr/local/cuda)
 set -uo pipefail
 
-BIN=${FULLBATCH_BIN:-target/release/fullbatch}
-DIR=${1:-${OUT:-experiments/results/gpu}}
-export CUDA_PATH=${CUDA_PATH:-/usr/local/cuda}
-if [ -d "$CUDA_PATH/lib64" ]; then export LD_LIBRARY_PATH="$CUDA_PATH/lib64:${LD_LIBRARY_PATH:-}"; fi
-mkdir -p "$DIR"
+BUNDLE=${1:-dist/fullbatch-gpu.tar.xz}
 START=$(date +%s)
-
-if [ ! -x "$BIN" ]; then
-  echo "error: $BIN is not an executable (set FULLBATCH_BIN to the CUDA build of fullbatch)" >&2
-  exit 2
-fi
-COMMIT=${FULLBATCH_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || cat GIT_COMMIT 2>/dev/null || echo unknown)}
-export FULLBATCH_GIT_COMMIT=$COMMIT
+BUDGET=${GPU_CHECK_BUDGET:-540}
+DEADLINE=$((START + BUDGET))
 DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+OUT=${OUT:-experiments/results/gpu/$(date -u +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+W=$(mktemp -d /tmp/gpu-check.XXXXXX)   # stage outputs; packed into $OUT
+export CUDA_PATH=${CUDA_PATH:-/usr/local/cuda}
+CPU=${GPU_CHECK_CPU:-0}
+say() { echo "[gpu-check $(( $(date +%s) - START )) s] $*" >&2; }
+
+# --- the bundle -------------------------------------------------------------------------------
+if [ -d "$BUNDLE" ]; then
+  BDIR=$BUNDLE
+elif [ -f "$BUNDLE" ]; then
+  mkdir -p "$W/bundle"
+  tar -C "$W/bundle" -xJf "$BUNDLE" || { say "error: cannot unpack $BUNDLE"; exit 2; }
+  BDIR=$W/bundle/fullbatch-gpu
+else
+  say "error: no bundle at $BUNDLE (build it with: make gpu-bundle)"; exit 2
+fi
+# shellcheck source=/dev/null
+source "$BDIR/env.sh"
+BIN=$FULLBATCH_BIN
+TCH_BIN=$FULLBATCH_TCH_BIN
+COMMIT=$FULLBATCH_GIT_COMMIT
 GPU=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
-echo "device: ${GPU:-unknown}; commit $COMMIT; $DATE" >&2
-nvidia-smi >"$DIR/nvidia-smi.txt" 2>&1
+GPU_NAME=${GPU%%,*}
+nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" >"$OUT/nvidia-smi.txt"
+say "device: ${GPU:-none}; commit $COMMIT; bundle $BDIR"
 
-ITERS=50; WARM=15
-if [ "${GPU_CHECK_FAST:-0}" = 1 ]; then ITERS=20; WARM=8; fi
+# --- the kernel cache -------------------------------------------------------------------------
+K=$W/kernel-cache
+mkdir -p "$K"
+TAG=$(echo "${GPU_NAME:-device}" | tr 'A-Z' 'a-z' | sed -e 's/[^a-z0-9]\+/-/g' -e 's/^-//' -e 's/-$//')
+CACHE_SOURCE=empty
+if [ -n "${KERNEL_CACHE_ARCHIVE:-}" ] && [ -f "$KERNEL_CACHE_ARCHIVE" ]; then
+  tar -C "$K" -xJf "$KERNEL_CACHE_ARCHIVE" && CACHE_SOURCE="carried $KERNEL_CACHE_ARCHIVE"
+elif [ -d "$BDIR/kernel-cache/$TAG" ]; then
+  cp -r "$BDIR/kernel-cache/$TAG/." "$K/" && CACHE_SOURCE="bundle kernel-cache/$TAG"
+fi
+export FULLBATCH_KERNEL_CACHE=$K
+count_kernels() { find "$K" -name toc.json.log -exec cat {} + 2>/dev/null | grep -c . ; }
+KERNELS_AT_START=$(count_kernels)
+say "kernel cache: $CACHE_SOURCE ($KERNELS_AT_START kernels)"
 
-# stage NAME TIMEOUT COMMAND...: runs with a time limit, logs to $DIR/NAME.log, records the status.
-declare -A STATUS
+# --- packing ----------------------------------------------------------------------------------
+declare -A STATUS ELAPSED
+STAGES_DONE=""
+pack() {
+  # The cache (cubecl's part: PTX and autotune results; the driver's SASS is rebuilt from PTX).
+  if [ -d "$K/cubecl" ]; then
+    tar -C "$K" -cf - cubecl 2>/dev/null | xz -1 -T0 >"$W/kc.tmp" && mv "$W/kc.tmp" "$OUT/kernel-cache.tar.xz"
+  fi
+  for f in "$W"/*.log; do [ -e "$f" ] && { echo "===== $(basename "$f")"; cat "$f"; }; done >"$W/all.tmp" 2>/dev/null
+  mv "$W/all.tmp" "$OUT/gpu-check.log"
+  summarize >/dev/null 2>&1
+}
+summarize() {
+  local status="" s
+  for s in $STAGES_DONE; do status="$status $s=${STATUS[$s]}:${ELAPSED[$s]}"; done
+  GC_W=$W GC_OUT=$OUT GC_DATE=$DATE GC_GPU=$GPU GC_COMMIT=$COMMIT GC_STATUS=$status \
+  GC_TOTAL=$(( $(date +%s) - START )) GC_CACHE_SOURCE=$CACHE_SOURCE GC_K0=$KERNELS_AT_START \
+  GC_K1=$(count_kernels) GC_CPU=$CPU python3 "$BDIR/scripts/gpu-check-summary.py"
+}
+packer() { while sleep 30; do pack; done; }
+packer &
+PACKER=$!
+finish() { kill "$PACKER" 2>/dev/null; pack; }
+trap 'finish; exit 130' INT TERM
+
+# stage NAME CAP COMMAND...: runs with the time left (at most CAP s), logs to $W/NAME.log,
+# shows the log's new lines as they come, records exit status and seconds.
 stage() {
-  local name=$1 limit=$2; shift 2
-  local t0=$(date +%s)
-  echo "== $name (limit ${limit}s)" >&2
-  timeout --signal=INT --kill-after=15 "$limit" "$@" >"$DIR/$name.out" 2>"$DIR/$name.log"
+  local name=$1 cap=$2; shift 2
+  local left=$((DEADLINE - $(date +%s) - 10))
+  local limit=$(( cap < left ? cap : left ))
+  if [ "$limit" -lt 15 ]; then
+    say "skip $name: ${left} s left"; STATUS[$name]=skipped; ELAPSED[$name]=0; STAGES_DONE="$STAGES_DONE $name"; return
+  fi
+  local t0; t0=$(date +%s)
+  say "== $name (limit ${limit} s)"
+  # stderr (progress) to the log and the screen; stdout (JSON) to the log only.
+  timeout --signal=INT --kill-after=10 "$limit" bash -c '"$@"' _ "$@" \
+    > >(cat >>"$W/$name.log") 2> >(tee -a "$W/$name.log" >&2)
   local rc=$?
-  STATUS[$name]=$rc
-  echo "   $name: exit $rc in $(( $(date +%s) - t0 )) s" >&2
-  tail -n 3 "$DIR/$name.log" >&2
+  STATUS[$name]=$rc; ELAPSED[$name]=$(( $(date +%s) - t0 )); STAGES_DONE="$STAGES_DONE $name"
+  say "   $name: exit $rc in ${ELAPSED[$name]} s"
+}
+want() { [ -z "${GPU_CHECK_STAGES:-}" ] || [[ ",$GPU_CHECK_STAGES," == *",$1,"* ]]; }
+
+# --- sizes and backends ---------------------------------------------------------------------------
+if [ "$CPU" = 1 ]; then
+  CUDA=cpu; TCH=tch-cpu; TORCH_DEV=cpu; WIDTH=8; BATCH=16; SMOKE_W=4; FB_IMAGES=64
+else
+  CUDA=cuda; TCH=tch; TORCH_DEV=cuda; WIDTH=64; BATCH=128; SMOKE_W=64; FB_IMAGES=50000
+fi
+bench() { # NAME BIN BACKEND WARMUP ITERS BATCH
+  "$2" device bench --backend "$3" --width "$WIDTH" --batch "$6" \
+    --warmup "$4" --iters "$5" --json-out "$W/$1.json"
+}
+SMOKE=$BDIR/experiments/cifar10/gpu-smoke.toml
+if [ "$CPU" = 1 ]; then
+  sed -e "s/^width = 64/width = $SMOKE_W/" -e 's/n = 2560, n_test = 512/n = 128, n_test = 64/' \
+      -e 's/^block_size = 128/block_size = 32/' -e 's/^blocks = \[2, 2, 2, 2\]/blocks = [1, 1]/' "$SMOKE" >"$W/smoke.toml"
+  SMOKE=$W/smoke.toml
+fi
+smoke_resume() {
+  "$BIN" train --backend "$CUDA" --config "$SMOKE" --out "$W/smoke-full" --no-progress || return $?
+  "$BIN" train --backend "$CUDA" --config "$SMOKE" --out "$W/smoke-part" --no-progress --max-steps 6 || return $?
+  "$BIN" train --backend "$CUDA" --config "$SMOKE" --out "$W/smoke-part" --no-progress --resume
 }
 
-stage gradient 100 "$BIN" train --backend cuda --check-gradient --check-width 16 --check-batch 16 \
-  --json-out "$DIR/gradient.json"
-stage bench_burn 170 "$BIN" train --backend cuda --bench --bench-width 64 --bench-batch 128 \
-  --bench-warmup "$WARM" --bench-iters "$ITERS" --json-out "$DIR/bench_burn.json"
-stage bench_torch 90 python3 scripts/torch_resnet18.py --width 64 --batch 128 --warmup "$WARM" \
-  --iters "$ITERS" --json-out "$DIR/bench_torch.json"
-rm -rf "$DIR/smoke-run"
-stage smoke 120 "$BIN" train --backend cuda --config experiments/cifar10/gpu-smoke.toml \
-  --out "$DIR/smoke-run" --no-progress
+export W WIDTH BIN CUDA SMOKE
+export -f bench smoke_resume
 
-export GC_DIR=$DIR GC_DATE=$DATE GC_GPU=$GPU GC_COMMIT=$COMMIT GC_TOTAL=$(( $(date +%s) - START ))
-export GC_STATUS="gradient=${STATUS[gradient]} bench_burn=${STATUS[bench_burn]} bench_torch=${STATUS[bench_torch]} smoke=${STATUS[smoke]}"
-python3 - <<'PY'
-import json, os
-d = os.environ["GC_DIR"]
-def load(name):
-    try:
-        with open(os.path.join(d, name)) as f:
-            return json.load(f)
-    except Exception as e:
-        return {"error": f"{name}: {e}"}
-status = dict(kv.split("=") for kv in os.environ["GC_STATUS"].split())
-out = {
-    "device": os.environ["GC_GPU"],
-    "git_commit": os.environ["GC_COMMIT"],
-    "date": os.environ["GC_DATE"],
-    "total_s": int(os.environ["GC_TOTAL"]),
-    "exit_status": {k: int(v) for k, v in status.items()},
-    "gradient_check": load("gradient.json"),
-    "burn": load("bench_burn.json"),
-    "torch": load("bench_torch.json"),
-}
-try:
-    b = out["burn"]["throughput"]["images_per_s"]
-    t = out["torch"]["results"]["fp32"]["images_per_s"]
-    out["burn_over_torch_fp32"] = b / t
-    if "bf16_autocast" in out["torch"]["results"]:
-        out["burn_over_torch_bf16_autocast"] = b / out["torch"]["results"]["bf16_autocast"]["images_per_s"]
-except Exception as e:
-    out["burn_over_torch_fp32"] = None
-    out["ratio_error"] = str(e)
-smoke = {}
-try:
-    with open(os.path.join(d, "smoke-run", "log.jsonl")) as f:
-        lines = [json.loads(l) for l in f if l.strip()]
-    if not lines:
-        raise ValueError("no step completed (see smoke.log)")
-    warm = lines[2:] if len(lines) > 2 else lines
-    step_s = sum(l["step_s"] for l in warm) / len(warm)
-    smoke = {
-        "steps": len(lines),
-        "first_step_s": lines[0]["step_s"],
-        "mean_step_s_after_2": step_s,
-        "images_per_step": 2560,
-        "est_cifar10_step_s_block128_reg": step_s * 50000 / 2560,
-        "train_loss_first_last": [lines[0]["train_loss"], lines[-1]["train_loss"]],
-        "last": lines[-1],
-    }
-except Exception as e:
-    smoke = {"error": str(e)}
-out["smoke_run"] = smoke
-with open(os.path.join(d, "gpu-check.json"), "w") as f:
-    json.dump(out, f, indent=2)
-print(json.dumps({k: out[k] for k in ("device", "exit_status", "burn_over_torch_fp32")}, indent=2))
-for k in ("burn", "torch"):
-    print(k, json.dumps(out[k])[:400])
-print("smoke", json.dumps(smoke)[:600])
-PY
-echo "wrote $DIR/gpu-check.json in $(( $(date +%s) - START )) s" >&2
-for s in gradient bench_burn smoke; do [ "${STATUS[$s]}" = 0 ] || exit 1; done
+want bench_cuda_cold && stage bench_cuda_cold 300 bench bench_cuda_cold "$BIN" "$CUDA" 3 10 "$BATCH"
+want bench_cuda_warm && stage bench_cuda_warm 120 bench bench_cuda_warm "$BIN" "$CUDA" 10 50 "$BATCH"
+want bench_torch && stage bench_torch 90 python3 "$BDIR/scripts/torch_resnet18.py" --device "$TORCH_DEV" \
+  --width "$WIDTH" --batch "$BATCH" --warmup 10 --iters 50 --json-out "$W/bench_torch.json"
+if [ -x "$TCH_BIN" ]; then
+  want bench_tch && stage bench_tch 90 bench bench_tch "$TCH_BIN" "$TCH" 10 50 "$BATCH"
+fi
+want full_batch_cuda && stage full_batch_cuda 150 "$BIN" device bench --backend "$CUDA" --width "$WIDTH" \
+  --images "$FB_IMAGES" --batch "$BATCH" --json-out "$W/full_batch_cuda.json"
+want full_batch_torch && stage full_batch_torch 90 python3 "$BDIR/scripts/torch_resnet18.py" --device "$TORCH_DEV" \
+  --width "$WIDTH" --batch "$BATCH" --full-batch "$FB_IMAGES" --json-out "$W/full_batch_torch.json"
+if [ -x "$TCH_BIN" ]; then
+  want full_batch_tch && stage full_batch_tch 150 "$TCH_BIN" device bench --backend "$TCH" --width "$WIDTH" \
+    --images "$FB_IMAGES" --batch "$BATCH" --json-out "$W/full_batch_tch.json"
+fi
+want gradient_cuda && stage gradient_cuda 60 "$BIN" device check-gradient --backend "$CUDA" \
+  --width 16 --batch 16 --json-out "$W/gradient_cuda.json"
+if [ -x "$TCH_BIN" ]; then
+  want gradient_tch && stage gradient_tch 60 "$TCH_BIN" device check-gradient --backend "$TCH" \
+    --width 16 --batch 16 --json-out "$W/gradient_tch.json"
+fi
+want smoke && stage smoke 180 smoke_resume
+want bench_cuda_b512 && stage bench_cuda_b512 90 bench bench_cuda_b512 "$BIN" "$CUDA" 5 20 $((BATCH * 4))
+
+kill "$PACKER" 2>/dev/null
+wait "$PACKER" 2>/dev/null
+pack
+summarize
+say "results in $OUT ($(ls "$OUT" | tr '\n' ' '))"
+rm -rf "$W"

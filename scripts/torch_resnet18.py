@@ -6,7 +6,7 @@ BasicBlocks [2, 2, 2, 2] with widths w, 2w, 4w, 8w, downsampling shortcut = 2x2 
 1x1 convolution + BatchNorm, global average pool, linear classifier; 11,173,962 parameters at
 width 64. One timed iteration = forward + cross-entropy + backward + SGD step (Nesterov momentum
 0.9, weight decay 5e-4) on one batch of random 3x32x32 images already on the GPU, the same work
-as `fullbatch train --bench`. Timing starts after `--warmup` iterations (cudnn.benchmark picks its
+as `fullbatch device bench`. Timing starts after `--warmup` iterations (cudnn.benchmark picks its
 algorithms there) and ends with torch.cuda.synchronize() (on the GPU).
 
 On the CPU (`--device cpu`, used by benches/resnet_cpu_side_by_side.sh) the images are float32
@@ -19,8 +19,13 @@ Variants timed (all recorded; the burn/torch ratio in gpu-check.sh uses "fp32"):
   fp32_strict     TF32 off (true fp32 arithmetic)
   bf16_autocast   autocast to bfloat16, channels_last (what a PyTorch user would run for speed)
 
+With --full-batch N: one full-batch step over N random images in blocks of --batch, plain and
+with the paper's finite-difference regulariser (two passes per block), fp32/TF32, as
+`fullbatch device bench --images N` (time_full_batch).
+
 Usage: python3 scripts/torch_resnet18.py [--device cuda|cpu] [--threads N] [--width 64]
-       [--batch 128] [--warmup 15] [--iters 50] [--variants fp32,...] [--json-out FILE]
+       [--batch 128] [--warmup 15] [--iters 50] [--variants fp32,...] [--full-batch N]
+       [--json-out FILE]
 """
 import argparse
 import json
@@ -134,6 +139,71 @@ def time_variant(name, width, batch, warmup, iters, device="cuda"):
     }
 
 
+def time_full_batch(width, images, block, device="cuda", alpha=0.5, eps=0.01, lr=0.1, clip=0.25):
+    """One full-batch step over `images` random images in blocks of `block`, as `fullbatch device
+    bench --images N`: per block a forward and backward pass (BatchNorm per block), the
+    block gradients averaged, global-norm clipping, Nesterov SGD. Regularised: per block the
+    official finite-difference correction, a second forward and backward pass at
+    theta + eps g/|g| and g + alpha (lr/4) (g' - g) |g| / eps. fp32 with TF32 allowed (as burn).
+    Warm-up: one step of each kind on two blocks. Returns seconds per step of each kind."""
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    model = ResNet(width).to(dev)
+    params = [p for p in model.parameters()]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    x = torch.randn(images, 3, 32, 32, device=dev)
+    y = torch.randint(0, 10, (images,), device=dev)
+
+    def block_grad(xb, yb):
+        loss = F.cross_entropy(model(xb), yb)
+        return torch.autograd.grad(loss, params)
+
+    def step(n, regularised):
+        k_blocks = n // block
+        acc = [torch.zeros_like(p) for p in params]
+        for k in range(k_blocks):
+            xb, yb = x[k * block:(k + 1) * block], y[k * block:(k + 1) * block]
+            g = block_grad(xb, yb)
+            if regularised:
+                norm = torch.sqrt(sum((gi * gi).sum() for gi in g))
+                scale = eps / norm.clamp_min(1e-30)
+                with torch.no_grad():
+                    for p, gi in zip(params, g):
+                        p.add_(gi * scale)
+                g2 = block_grad(xb, yb)
+                with torch.no_grad():
+                    for p, gi in zip(params, g):
+                        p.sub_(gi * scale)
+                coef = norm * (alpha * lr / (4 * eps))
+                g = [gi + coef * (g2i - gi) for gi, g2i in zip(g, g2)]
+            for a_, gi in zip(acc, g):
+                a_.add_(gi, alpha=1.0 / k_blocks)
+        with torch.no_grad():
+            total = torch.sqrt(sum((a_ * a_).sum() for a_ in acc))
+            factor = torch.clamp(clip / (total + 1e-6), max=1.0)
+            for p, a_ in zip(params, acc):
+                p.grad = a_ * factor
+        opt.step()
+
+    t0 = time.perf_counter()
+    step(2 * block, False)
+    step(2 * block, True)
+    sync(dev)
+    warmup_s = time.perf_counter() - t0
+    out = {"width": width, "images": images, "block": block, "device": dev.type, "warmup_s": warmup_s}
+    for name, reg in (("plain_step_s", False), ("regularised_step_s", True)):
+        t0 = time.perf_counter()
+        step(images, reg)
+        sync(dev)
+        out[name] = time.perf_counter() - t0
+    out["plain_images_per_s"] = images / out["plain_step_s"]
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
@@ -143,6 +213,8 @@ def main():
     p.add_argument("--warmup", type=int, default=15)
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--variants", help="default: fp32,fp32_strict,bf16_autocast (cuda), fp32 (cpu)")
+    p.add_argument("--full-batch", type=int, default=0, metavar="N",
+                   help="instead: time one full-batch step over N images in blocks of --batch, plain and regularised")
     p.add_argument("--json-out")
     a = p.parse_args()
     if a.variants is None:
@@ -168,11 +240,17 @@ def main():
             "mkldnn": torch.backends.mkldnn.is_available(),
             "results": {},
         }
-    for v in a.variants.split(","):
+    if a.full_batch:
+        out["full_batch"] = time_full_batch(a.width, a.full_batch, a.batch, a.device)
+        r = out["full_batch"]
+        print(f"torch full batch of {r['images']}: {r['plain_step_s']:.3f} s plain, "
+              f"{r['regularised_step_s']:.3f} s regularised", file=sys.stderr)
+        a.variants = ""
+    for v in filter(None, a.variants.split(",")):
         out["results"][v] = time_variant(v, a.width, a.batch, a.warmup, a.iters, a.device)
         r = out["results"][v]
         print(f"torch {v}: {r['images_per_s']:.0f} images/s ({1000 * r['s_per_iter']:.2f} ms/iter)", file=sys.stderr)
-    if a.width == 64:
+    if a.width == 64 and not a.full_batch:
         assert out["results"][a.variants.split(",")[0]]["parameters"] == 11_173_962
     text = json.dumps(out, indent=2)
     print(text)

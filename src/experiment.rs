@@ -247,7 +247,7 @@ impl ExperimentConfig {
         if self.measure.every == 0 {
             return bad("measure.every", "must be positive".into());
         }
-        if !(self.measure.sharpness_tol > 0.0) {
+        if self.measure.sharpness_tol.is_nan() || self.measure.sharpness_tol <= 0.0 {
             return bad("measure.sharpness_tol", "must be positive".into());
         }
         if !(self.measure.flow_rtol > 0.0 && self.measure.flow_rtol < 1.0) {

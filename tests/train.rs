@@ -16,7 +16,7 @@ use fullbatch::deep::config::{Mode, RunConfig};
 use fullbatch::deep::run::{self, RunOptions, RunSummary};
 
 mod common;
-use common::train_run::{TINY_RUN as TINY, log_without_time, options};
+use common::train_run::{TINY_RUN as TINY, check_resume_on, log_without_time, options};
 
 fn tiny() -> RunConfig {
     RunConfig::from_toml(TINY).unwrap()
@@ -93,6 +93,40 @@ fn resume_continues_bit_for_bit_and_loss_falls() {
     let err = run(&other, &crashed, &options(true, None)).unwrap_err();
     assert!(err.to_string().contains("config"), "{err}");
     println!("resume test: {:.1} s", start.elapsed().as_secs_f64());
+}
+
+/// `segments.jsonl` on the CPU backend: one record per process, and a resumed run equals the
+/// uninterrupted one (the check shared with the LibTorch tests).
+#[test]
+fn segments_are_recorded_per_process() {
+    check_resume_on::<CpuAutodiff>(&Default::default(), "flex-f32");
+}
+
+/// A run killed before its first checkpoint (here: its directory as a fresh start leaves it
+/// after the first files, with no checkpoint) is neither a dead end nor silently mixed: with
+/// `--resume` it starts over from step 0 and ends as an uninterrupted run.
+#[test]
+fn resume_without_checkpoint_starts_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny();
+    let full = tmp.path().join("full");
+    run(&config, &full, &options(false, None)).unwrap();
+    let reference = log_without_time(&full);
+
+    let killed = tmp.path().join("killed");
+    run(&config, &killed, &options(false, Some(1))).unwrap();
+    std::fs::remove_dir_all(killed.join("checkpoints")).unwrap();
+    // Without --resume the directory is refused, with it the run starts again from step 0.
+    let err = run(&config, &killed, &options(false, None)).unwrap_err();
+    assert!(err.to_string().contains("--resume"), "{err}");
+    let summary = run(&config, &killed, &options(true, None)).unwrap();
+    assert_eq!(summary.segment.start_step, 0);
+    assert_eq!(log_without_time(&killed), reference);
+    // Killed even before run.json was written.
+    std::fs::remove_dir_all(killed.join("checkpoints")).unwrap();
+    std::fs::remove_file(killed.join("run.json")).unwrap();
+    run(&config, &killed, &options(true, None)).unwrap();
+    assert_eq!(log_without_time(&killed), reference);
 }
 
 /// SGD mode on the same data: per-epoch logs with accuracy, the loss falls, and resume after
@@ -320,4 +354,49 @@ fn cli_trains_and_resumes() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("optimizer.lr"));
+}
+
+/// `fullbatch device check-gradient | bench | cache` on the CPU: the JSON each prints, the
+/// full-batch timing, and the kernel cache shown and cleared.
+#[test]
+fn device_commands_run_on_the_cpu() {
+    let bin = env!("CARGO_BIN_EXE_fullbatch");
+    let tmp = tempfile::tempdir().unwrap();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let o = std::process::Command::new(bin).args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let g = json(&["device", "check-gradient", "--backend", "cpu", "--width", "4", "--batch", "4"]);
+    // The same backend on both sides: the same gradient.
+    assert_eq!(g["gradient"]["rel_l2"], 0.0, "{g}");
+    assert_eq!(g["gradient"]["pass"], true);
+    let b =
+        json(&["device", "bench", "--backend", "cpu", "--width", "4", "--batch", "4", "--warmup", "2", "--iters", "2"]);
+    let t = &b["throughput"];
+    assert!(t["images_per_s"].as_f64().unwrap() > 0.0 && t["first_iter_s"].as_f64().unwrap() > 0.0, "{b}");
+    assert!(t["first_iter_s"].as_f64().unwrap() <= t["warmup_s"].as_f64().unwrap(), "{b}");
+    let f = json(&["device", "bench", "--backend", "cpu", "--width", "4", "--batch", "4", "--images", "12"]);
+    let fb = &f["full_batch"];
+    assert_eq!((fb["images"].as_u64(), fb["block"].as_u64()), (Some(12), Some(4)), "{f}");
+    assert!(fb["regularised_step_s"].as_f64().unwrap() > 0.0 && fb["plain_step_s"].as_f64().unwrap() > 0.0);
+    // Too few images for two blocks: an error naming the value.
+    let o = std::process::Command::new(bin)
+        .args(["device", "bench", "--backend", "cpu", "--width", "4", "--batch", "4", "--images", "6"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("images"));
+
+    let dir = tmp.path().join("kc");
+    std::fs::create_dir_all(dir.join("cubecl/cuda/0.10.0/ptx")).unwrap();
+    std::fs::write(dir.join("cubecl/cuda/0.10.0/ptx/toc.json.log"), "{}\n{}\n").unwrap();
+    let c = json(&["device", "cache", "--kernel-cache", dir.to_str().unwrap()]);
+    assert_eq!((c["kernels"].as_u64(), c["exists"].as_bool()), (Some(2), Some(true)), "{c}");
+    json_ok(bin, &["device", "cache", "--kernel-cache", dir.to_str().unwrap(), "--clear"]);
+    assert!(!dir.exists());
+}
+
+fn json_ok(bin: &str, args: &[&str]) {
+    let o = std::process::Command::new(bin).args(args).output().unwrap();
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
 }

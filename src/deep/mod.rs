@@ -2,7 +2,8 @@
 //! over blocks, global-norm clipping, the paper's learning-rate schedule and optimizer, and the
 //! finite-difference gradient-norm regulariser.
 //!
-//! Compiled only with the `burn` feature; the CUDA backend alias also needs `cuda`.
+//! Compiled only with the `burn` feature; the CUDA backend alias also needs `cuda`, the LibTorch
+//! one `tch`.
 //!
 //! - [`resnet`]: the CIFAR variant of ResNet-18 ([`resnet::ResNetConfig`], [`resnet::ResNet`]).
 //! - [`train`]: training primitives as functions of a model, data tensors and plain numbers.
@@ -11,6 +12,8 @@
 //! - [`run`]: the training loop of `fullbatch train`: run directory, JSONL log, atomic
 //!   checkpoints, exact resume from (seed, step)-derived randomness, divergence and Ctrl-C
 //!   handling; and the device checks (gradient agreement between backends, throughput).
+//! - [`device`]: the kernel caches of the GPU backends and the visible warm-up of the first
+//!   steps.
 //! - [`sharpness`]: the Hessian of the full-batch loss as a finite-difference
 //!   [`crate::sharpness::LinearOperator`] over the flattened parameters (BatchNorm in training or
 //!   inference mode), and $\lambda_{\max}$ by Lanczos ([`sharpness::network_lambda_max`]).
@@ -23,6 +26,7 @@
 //! explicit seed, on the host, and uploaded; shuffles take explicit seeds too.
 
 pub mod config;
+pub mod device;
 pub mod resnet;
 pub mod run;
 pub mod sharpness;
@@ -48,6 +52,16 @@ pub type Cuda = burn::backend::Cuda<f32, i32>;
 /// The CUDA training backend: [`Cuda`] with reverse-mode autodiff.
 #[cfg(feature = "cuda")]
 pub type CudaAutodiff = burn::backend::Autodiff<Cuda>;
+
+/// burn's LibTorch backend without autodiff (`f32`; CPU, or CUDA when libtorch was built with
+/// it; feature `tch`). Convolutions forward run in libtorch (cuDNN on a GPU); their gradients and
+/// BatchNorm go through burn's generic decompositions.
+#[cfg(feature = "tch")]
+pub type Tch = burn::backend::LibTorch<f32>;
+
+/// The LibTorch training backend: [`Tch`] with burn's reverse-mode autodiff.
+#[cfg(feature = "tch")]
+pub type TchAutodiff = burn::backend::Autodiff<Tch>;
 
 /// A block of labelled images as tensors on a device.
 ///

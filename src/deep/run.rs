@@ -7,6 +7,10 @@
 //! - `config.toml`: the resolved configuration ([`RunConfig::to_toml`]).
 //! - `run.json`: name, seed, git commit, device, backend, crate version, data sizes, start time.
 //! - `log.jsonl`: one [`LogEntry`] per step (per epoch in SGD mode), as a JSON object per line.
+//! - `segments.jsonl`: one [`SegmentRecord`] per process that worked on the run (the first
+//!   start and each resume): its steps, backend, device, git commit, the time of its first step
+//!   (the warm-up: kernel compilation on a GPU) apart from the median of its later steps, and the
+//!   kernels it compiled.
 //! - `checkpoints/step-NNNNNN/`: `model.bin` and `optim.bin` (burn's `BinFileRecorder` with
 //!   full `f32` precision: weights, BatchNorm running statistics, momentum buffers) and
 //!   `state.json` (the step and the accumulated wall time); `checkpoints/latest` names the newest
@@ -45,6 +49,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -60,11 +65,12 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::config::{Dataset, Mode, RunConfig};
+use super::device::{KernelCache, Warmup, WarmupReport};
 use super::resnet::{ResNet, ResNetConfig};
 use super::sharpness::{SharpnessParams, network_lambda_max};
 use super::train::{
     self, BlockOrder, FullBatchOptions, Regulariser, WarmupCosine, clip_global_norm, cross_entropy, evaluate,
-    full_batch_step, global_grad_norm, grads_to_vec,
+    full_batch_step, global_grad_norm, grads_to_vec, read_scalar,
 };
 use super::{Batch, batch_from_images};
 use crate::data::cifar::{self, ImageSet};
@@ -125,6 +131,86 @@ pub struct RunOptions<'a> {
     pub device: String,
     /// The backend's name, stored in `run.json` (resume refuses another backend).
     pub backend: String,
+    /// Where the backend caches compiled kernels (GPU backends compiling at run time): the
+    /// warm-up line counts the kernels compiled into it, and [`SegmentRecord`] records them.
+    pub kernel_cache: Option<KernelCache>,
+    /// True while the first step (and the first evaluation) of this process runs, when kernels
+    /// are compiled: a signal handler may then exit at once instead of waiting for the step to
+    /// end (nothing is being written to the run directory meanwhile).
+    pub warming_up: Option<Arc<AtomicBool>>,
+}
+
+/// One line of `segments.jsonl`: the part of a run one process did (a fresh start or a resume).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SegmentRecord {
+    /// Steps (epochs) done when the process started.
+    pub start_step: usize,
+    /// Steps (epochs) done when it ended.
+    pub end_step: usize,
+    /// How it ended: `finished`, `stopped` (stop request or `--max-steps`), or `error: ...`.
+    pub outcome: String,
+    /// The backend.
+    pub backend: String,
+    /// The device description.
+    pub device: String,
+    /// The git commit of the binary's source (see [`crate::provenance::git_commit`]).
+    pub git_commit: String,
+    /// Seconds since the Unix epoch at the process's start of work on the run.
+    pub started_unix_s: u64,
+    /// Seconds of the first step of the process (evaluation excluded): the warm-up, which on a
+    /// GPU includes compiling or loading the kernels.
+    pub first_step_s: Option<f64>,
+    /// Seconds of the first evaluation of the process (its kernels compile then).
+    pub first_eval_s: Option<f64>,
+    /// The median `step_s` of the later steps: the steady state.
+    pub steady_step_s: Option<f64>,
+    /// The number of later steps behind `steady_step_s`.
+    pub steady_steps: usize,
+    /// The kernel-cache directory, if the backend compiles kernels.
+    pub kernel_cache: Option<PathBuf>,
+    /// Kernels in the cache when the process started.
+    pub kernels_cached_before: Option<usize>,
+    /// Kernels the process compiled (added to the cache) during its first step and evaluation.
+    pub kernels_compiled_warmup: Option<usize>,
+    /// Kernels the process compiled in all.
+    pub kernels_compiled: Option<usize>,
+}
+
+/// The median of `values` (`None` when empty).
+fn median(values: &[f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) })
+}
+
+/// Reads `segments.jsonl` of a run directory (empty when the file does not exist).
+///
+/// # Errors
+/// [`Error::Io`] if it cannot be read; [`Error::BadFile`] naming the line that is not a
+/// [`SegmentRecord`].
+pub fn read_segments(dir: &Path) -> Result<Vec<SegmentRecord>> {
+    let path = dir.join("segments.jsonl");
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::bad_file(&path, format!("line {}: {e}", i + 1))))
+        .collect()
+}
+
+/// Appends `record` to `segments.jsonl` (one line, flushed).
+fn append_segment(dir: &Path, record: &SegmentRecord) -> Result<()> {
+    let path = dir.join("segments.jsonl");
+    let line = serde_json::to_string(record).map_err(json_error)?;
+    let mut f = OpenOptions::new().append(true).create(true).open(&path).map_err(|e| Error::io(&path, e))?;
+    writeln!(f, "{line}").and_then(|_| f.flush()).map_err(|e| Error::io(&path, e))
 }
 
 /// One line of `log.jsonl`.
@@ -215,6 +301,8 @@ pub struct RunSummary {
     pub last: Option<LogEntry>,
     /// Whether the run stopped early (stop request or `max_steps`).
     pub stopped_early: bool,
+    /// What this process did: the line appended to `segments.jsonl`.
+    pub segment: SegmentRecord,
 }
 
 /// The images of a run, on the host.
@@ -545,9 +633,16 @@ pub fn run<B: AutodiffBackend>(
                 ),
             ));
         }
-        let text = fs::read_to_string(&info_path).map_err(|e| Error::io(&info_path, e))?;
-        let info: RunInfo = serde_json::from_str(&text).map_err(|e| Error::bad_file(&info_path, e.to_string()))?;
-        if info.backend != options.backend {
+        let text = fs::read_to_string(&info_path).map_err(|e| Error::io(&info_path, e));
+        let info: Option<RunInfo> = match text {
+            Ok(t) => Some(serde_json::from_str(&t).map_err(|e| Error::bad_file(&info_path, e.to_string()))?),
+            // Killed before run.json was written: nothing to check, the run starts over.
+            Err(_) if latest_checkpoint(dir)?.is_none() => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(info) = info.filter(|i| i.backend != options.backend)
+            && latest_checkpoint(dir)?.is_some()
+        {
             return Err(Error::invalid(
                 "backend",
                 format!(
@@ -578,9 +673,13 @@ pub fn run<B: AutodiffBackend>(
     let mut last: Option<LogEntry> = None;
     // The warm start of the next sharpness measurement (the last eigenvector, rounded to f32).
     let mut sharpness_start: Option<Vec<f32>> = None;
-    if options.resume {
-        let (path, _) = latest_checkpoint(dir)?
-            .ok_or_else(|| Error::invalid("resume", format!("{} has no checkpoint", dir.display())))?;
+    // A run stopped before its first checkpoint (killed, or interrupted during the warm-up)
+    // has nothing to resume from: it starts over from step 0 in the same directory.
+    let checkpoint = if options.resume { latest_checkpoint(dir)? } else { None };
+    if options.resume && checkpoint.is_none() && (options.progress || options.report_evaluations) {
+        eprintln!("{} has no checkpoint: starting the run over from step 0", dir.display());
+    }
+    if let Some((path, _)) = checkpoint {
         sharpness_start = load_sharpness_start(&path)?;
         let (m, opt, state) = load_checkpoint(&path, model, optim, device)?;
         model = m;
@@ -600,10 +699,7 @@ pub fn run<B: AutodiffBackend>(
             train_images: data.train_len(),
             test_images: data.test.len(),
             parameters: model.num_trainable_params(),
-            started_unix_s: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            started_unix_s: unix_now(),
         };
         write_atomic(&info_path, &serde_json::to_vec_pretty(&info).map_err(json_error)?)?;
         write_atomic(&log_path, b"")?;
@@ -642,180 +738,231 @@ pub fn run<B: AutodiffBackend>(
     };
 
     let end = options.max_steps.map_or(total, |m| m.min(total));
-    let bar = if options.progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
-    if !options.progress {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    }
+    // The bar is drawn from the second step on: the first one shows its own warm-up line.
+    let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::hidden());
     bar.set_style(
         ProgressStyle::with_template("{prefix} [{elapsed_precise}<{eta_precise}] {wide_bar} {pos}/{len} {msg}")
             .map_err(|e| Error::invalid("progress template", e.to_string()))?,
     );
     bar.set_prefix(config.name.clone());
     bar.set_position(start_step as u64);
+    let show_warmup = options.progress || options.report_evaluations;
+    let report = |line: String| {
+        if options.progress {
+            bar.println(line);
+        } else if options.report_evaluations {
+            eprintln!("{line}");
+        }
+    };
 
     let mut log = OpenOptions::new().append(true).create(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
     let started = Instant::now();
     let mut stopped_early = false;
     let mut t = start_step;
-    while t < end {
-        let step_start = Instant::now();
-        let batch = step_batch(t)?;
-        let lr = schedule.lr(t);
-        let mut entry = match &config.mode {
-            Mode::FullBatch { block_size, shuffle_blocks, clip, regulariser_alpha, regulariser_eps, .. } => {
-                let order = if *shuffle_blocks {
-                    BlockOrder::ShuffledBlocks { seed: derive_seed(config.seed, stream::ORDER, t as u64) }
-                } else {
-                    BlockOrder::Sequential
-                };
-                let regulariser = (*regulariser_alpha > 0.0).then_some(Regulariser {
-                    alpha: *regulariser_alpha,
-                    eps: *regulariser_eps,
-                    lr,
-                });
-                let opts = FullBatchOptions { block_size: *block_size, order, regulariser };
-                let (m, report) =
-                    full_batch_step(model, &mut optim, &batch, &opts, lr, *clip).map_err(|e| at_step(e, t))?;
-                model = m;
-                if !report.grad_norm.is_finite() {
-                    return Err(Error::Diverged { step: t, quantity: "gradient norm".into() });
+    let mut segment = SegmentRecord {
+        start_step,
+        end_step: start_step,
+        backend: options.backend.clone(),
+        device: options.device.clone(),
+        git_commit: crate::provenance::git_commit(),
+        started_unix_s: unix_now(),
+        kernel_cache: options.kernel_cache.as_ref().map(|c| c.root.clone()),
+        kernels_cached_before: options.kernel_cache.as_ref().map(KernelCache::kernel_count),
+        ..SegmentRecord::default()
+    };
+    let mut later_step_s: Vec<f64> = Vec::new();
+    let warmup =
+        |what: &str| Warmup::start(what, options.kernel_cache.as_ref(), show_warmup, options.warming_up.clone());
+    let note_warmup = |segment: &mut SegmentRecord, r: &WarmupReport| {
+        if let Some(n) = r.kernels_compiled {
+            segment.kernels_compiled_warmup = Some(segment.kernels_compiled_warmup.unwrap_or(0) + n);
+        }
+    };
+    // Run inside a closure so that `segments.jsonl` gets its line whatever the outcome.
+    let outcome = (|| -> Result<()> {
+        while t < end {
+            let first = (t == start_step).then(|| warmup("first training step"));
+            let step_start = Instant::now();
+            let batch = step_batch(t)?;
+            let lr = schedule.lr(t);
+            let mut entry = match &config.mode {
+                Mode::FullBatch { block_size, shuffle_blocks, clip, regulariser_alpha, regulariser_eps, .. } => {
+                    let order = if *shuffle_blocks {
+                        BlockOrder::ShuffledBlocks { seed: derive_seed(config.seed, stream::ORDER, t as u64) }
+                    } else {
+                        BlockOrder::Sequential
+                    };
+                    let regulariser = (*regulariser_alpha > 0.0).then_some(Regulariser {
+                        alpha: *regulariser_alpha,
+                        eps: *regulariser_eps,
+                        lr,
+                    });
+                    let opts = FullBatchOptions { block_size: *block_size, order, regulariser };
+                    let (m, report) =
+                        full_batch_step(model, &mut optim, &batch, &opts, lr, *clip).map_err(|e| at_step(e, t))?;
+                    model = m;
+                    if !report.grad_norm.is_finite() {
+                        return Err(Error::Diverged { step: t, quantity: "gradient norm".into() });
+                    }
+                    let clip_factor = match clip {
+                        Some(c) if report.clipped => c / (report.grad_norm + 1e-6),
+                        _ => 1.0,
+                    };
+                    let images = (batch.len() / block_size) * block_size;
+                    LogEntry {
+                        step: t + 1,
+                        lr,
+                        train_loss: report.loss,
+                        grad_norm: report.grad_norm,
+                        mean_block_grad_sq_norm: Some(report.mean_block_grad_sq_norm),
+                        regulariser: regulariser.map(|r| r.alpha * lr / 8.0 * report.mean_block_grad_sq_norm),
+                        clip_factor,
+                        images_per_s: images as f64,
+                        ..LogEntry::default()
+                    }
                 }
-                let clip_factor = match clip {
-                    Some(c) if report.clipped => c / (report.grad_norm + 1e-6),
-                    _ => 1.0,
-                };
-                let images = (batch.len() / block_size) * block_size;
-                LogEntry {
-                    step: t + 1,
-                    lr,
-                    train_loss: report.loss,
-                    grad_norm: report.grad_norm,
-                    mean_block_grad_sq_norm: Some(report.mean_block_grad_sq_norm),
-                    regulariser: regulariser.map(|r| r.alpha * lr / 8.0 * report.mean_block_grad_sq_norm),
-                    clip_factor,
-                    images_per_s: images as f64,
-                    ..LogEntry::default()
+                Mode::Sgd { batch_size, clip, .. } => {
+                    let (m, e) = sgd_epoch(
+                        model,
+                        &mut optim,
+                        &batch,
+                        *batch_size,
+                        *clip,
+                        lr,
+                        derive_seed(config.seed, stream::ORDER, t as u64),
+                    )
+                    .map_err(|e| at_step(e, t))?;
+                    model = m;
+                    LogEntry { step: t + 1, ..e }
                 }
+            };
+            if !entry.train_loss.is_finite() {
+                return Err(Error::Diverged { step: t, quantity: "training loss".into() });
             }
-            Mode::Sgd { batch_size, clip, .. } => {
-                let (m, e) = sgd_epoch(
-                    model,
-                    &mut optim,
-                    &batch,
-                    *batch_size,
-                    *clip,
-                    lr,
-                    derive_seed(config.seed, stream::ORDER, t as u64),
-                )
-                .map_err(|e| at_step(e, t))?;
-                model = m;
-                LogEntry { step: t + 1, ..e }
+            let step_s = step_start.elapsed().as_secs_f64();
+            entry.step_s = step_s;
+            entry.images_per_s /= step_s.max(1e-12);
+            match first {
+                Some(w) => {
+                    let r = w.finish();
+                    note_warmup(&mut segment, &r);
+                    segment.first_step_s = Some(step_s);
+                    report(format!(
+                        "first step: {step_s:.1} s{}",
+                        r.kernels_compiled.map_or(String::new(), |n| format!(
+                            " ({n} kernels compiled, cached in {})",
+                            r.kernel_cache.as_deref().map_or("-".into(), |p| p.display().to_string())
+                        ))
+                    ));
+                    if options.progress {
+                        bar.set_draw_target(ProgressDrawTarget::stderr());
+                    }
+                }
+                None => later_step_s.push(step_s),
             }
-        };
-        if !entry.train_loss.is_finite() {
-            return Err(Error::Diverged { step: t, quantity: "training loss".into() });
-        }
-        let step_s = step_start.elapsed().as_secs_f64();
-        entry.step_s = step_s;
-        entry.images_per_s /= step_s.max(1e-12);
-        let done = t + 1;
-        if done % config.eval_every == 0 || done == total {
-            let inference = model.valid();
-            let (tl, ta) = evaluate(&inference, &test, config.eval_batch_size)?;
-            let (el, ea) = evaluate(&inference, &train_eval, config.eval_batch_size)?;
-            entry.test_loss = Some(tl);
-            entry.test_acc = Some(ta);
-            entry.eval_train_loss = Some(el);
-            entry.eval_train_acc = Some(ea);
-            let line = format!(
-                "step {done}: lr {lr:.4}, train loss {:.4}, test loss {tl:.4}, test acc {:.2}%, train acc (inference) {:.2}%",
-                entry.train_loss,
-                100.0 * ta,
-                100.0 * ea
-            );
-            if options.progress {
-                bar.println(line);
-            } else if options.report_evaluations {
-                eprintln!("{line}");
+            let done = t + 1;
+            if done % config.eval_every == 0 || done == total {
+                let first_eval = segment.first_eval_s.is_none().then(|| warmup("first evaluation"));
+                let inference = model.valid();
+                let (tl, ta) = evaluate(&inference, &test, config.eval_batch_size)?;
+                let (el, ea) = evaluate(&inference, &train_eval, config.eval_batch_size)?;
+                if let Some(w) = first_eval {
+                    let r = w.finish();
+                    note_warmup(&mut segment, &r);
+                    segment.first_eval_s = Some(r.seconds);
+                }
+                entry.test_loss = Some(tl);
+                entry.test_acc = Some(ta);
+                entry.eval_train_loss = Some(el);
+                entry.eval_train_acc = Some(ea);
+                report(format!(
+                    "step {done}: lr {lr:.4}, train loss {:.4}, test loss {tl:.4}, test acc {:.2}%, train acc (inference) {:.2}%",
+                    entry.train_loss,
+                    100.0 * ta,
+                    100.0 * ea
+                ));
+            }
+            if let (Some(sh), Some(sdata)) = (&config.sharpness, &sharpness_data)
+                && (done % sh.every == 0 || done == total)
+            {
+                let seed = derive_seed(config.seed, stream::SHARPNESS, done as u64);
+                let mut params = SharpnessParams::new(sh.bn_mode, config.block_size(), seed);
+                params.tol = sh.tol;
+                params.max_hvps = sh.max_hvps;
+                params.eps_rel = sh.eps_rel;
+                let d = model.num_trainable_params();
+                params.start = sharpness_start
+                    .as_ref()
+                    .filter(|v| v.len() == d && v.iter().any(|&x| x != 0.0))
+                    .map(|v| v.iter().map(|&x| f64::from(x)).collect());
+                let r = network_lambda_max(&model, sdata, &params).map_err(|e| at_step(e, t))?;
+                entry.lambda_max = Some(r.lambda_max);
+                entry.lambda_residual = Some(r.residual);
+                entry.lambda_hvps = Some(r.hvps);
+                entry.lambda_s = Some(r.wall_s);
+                sharpness_start = Some(r.vector.iter().map(|&x| x as f32).collect());
+                report(format!(
+                    "step {done}: lambda_max {:.4} (residual {:.2e}, {} HVPs, {:.1} s{})",
+                    r.lambda_max,
+                    r.residual,
+                    r.hvps,
+                    r.wall_s,
+                    if r.converged { "" } else { ", not converged" }
+                ));
+            }
+            entry.wall_s = wall_offset + started.elapsed().as_secs_f64();
+            let line = serde_json::to_string(&entry).map_err(json_error)?;
+            writeln!(log, "{line}").and_then(|_| log.flush()).map_err(|e| Error::io(&log_path, e))?;
+            bar.set_message(format!("loss {:.4} |g| {:.3e}", entry.train_loss, entry.grad_norm));
+            bar.set_position(done as u64);
+            last = Some(entry);
+            t = done;
+            let stop = options.stop.is_some_and(|s| s.load(Ordering::SeqCst));
+            if done % config.checkpoint_every == 0 || done == end || stop {
+                save_checkpoint(
+                    dir,
+                    done,
+                    config.seed,
+                    wall_offset + started.elapsed().as_secs_f64(),
+                    &model,
+                    &optim,
+                    sharpness_start.as_deref(),
+                )?;
+            }
+            if stop && done < end {
+                stopped_early = true;
+                break;
             }
         }
-        if let (Some(sh), Some(sdata)) = (&config.sharpness, &sharpness_data)
-            && (done % sh.every == 0 || done == total)
-        {
-            let seed = derive_seed(config.seed, stream::SHARPNESS, done as u64);
-            let mut params = SharpnessParams::new(sh.bn_mode, config.block_size(), seed);
-            params.tol = sh.tol;
-            params.max_hvps = sh.max_hvps;
-            params.eps_rel = sh.eps_rel;
-            let d = model.num_trainable_params();
-            params.start = sharpness_start
-                .as_ref()
-                .filter(|v| v.len() == d && v.iter().any(|&x| x != 0.0))
-                .map(|v| v.iter().map(|&x| f64::from(x)).collect());
-            let r = network_lambda_max(&model, sdata, &params).map_err(|e| at_step(e, t))?;
-            entry.lambda_max = Some(r.lambda_max);
-            entry.lambda_residual = Some(r.residual);
-            entry.lambda_hvps = Some(r.hvps);
-            entry.lambda_s = Some(r.wall_s);
-            sharpness_start = Some(r.vector.iter().map(|&x| x as f32).collect());
-            let line = format!(
-                "step {done}: lambda_max {:.4} (residual {:.2e}, {} HVPs, {:.1} s{})",
-                r.lambda_max,
-                r.residual,
-                r.hvps,
-                r.wall_s,
-                if r.converged { "" } else { ", not converged" }
-            );
-            if options.progress {
-                bar.println(line);
-            } else if options.report_evaluations {
-                eprintln!("{line}");
-            }
-        }
-        entry.wall_s = wall_offset + started.elapsed().as_secs_f64();
-        let line = serde_json::to_string(&entry).map_err(json_error)?;
-        writeln!(log, "{line}").and_then(|_| log.flush()).map_err(|e| Error::io(&log_path, e))?;
-        bar.set_message(format!("loss {:.4} |g| {:.3e}", entry.train_loss, entry.grad_norm));
-        bar.set_position(done as u64);
-        last = Some(entry);
-        t = done;
-        let stop = options.stop.is_some_and(|s| s.load(Ordering::SeqCst));
-        if done % config.checkpoint_every == 0 || done == end || stop {
-            save_checkpoint(
-                dir,
-                done,
-                config.seed,
-                wall_offset + started.elapsed().as_secs_f64(),
-                &model,
-                &optim,
-                sharpness_start.as_deref(),
-            )?;
-        }
-        if stop && done < end {
-            stopped_early = true;
-            break;
-        }
-    }
+        Ok(())
+    })();
     if t < total {
         stopped_early = true;
     }
     bar.finish_and_clear();
-    Ok(RunSummary { steps_done: t, total_steps: total, last, stopped_early })
+    segment.end_step = t;
+    segment.steady_step_s = median(&later_step_s);
+    segment.steady_steps = later_step_s.len();
+    segment.kernels_compiled = options
+        .kernel_cache
+        .as_ref()
+        .zip(segment.kernels_cached_before)
+        .map(|(c, before)| c.kernel_count().saturating_sub(before));
+    segment.outcome = match &outcome {
+        Ok(()) if stopped_early => "stopped".into(),
+        Ok(()) => "finished".into(),
+        Err(e) => format!("error: {e}"),
+    };
+    // The run's own error comes first; a failed append is reported only after a clean run.
+    let appended = append_segment(dir, &segment);
+    outcome?;
+    appended?;
+    Ok(RunSummary { steps_done: t, total_steps: total, last, stopped_early, segment })
 }
 
-/// Reads a one-element tensor back to the host (0 for `None`).
-fn read_scalar<B: Backend>(t: Option<Tensor<B, 1>>) -> Result<f64> {
-    match t {
-        None => Ok(0.0),
-        Some(t) => t
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .map_err(|e| Error::invalid("tensor", format!("{e:?}")))?
-            .first()
-            .map(|&v| f64::from(v))
-            .ok_or_else(|| Error::invalid("tensor", "is empty")),
-    }
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Gives a [`Error::Diverged`] from a step function the run's step index.
@@ -990,6 +1137,57 @@ pub fn gradient_agreement<A: AutodiffBackend, Bk: AutodiffBackend>(
     })
 }
 
+/// Reads a parameter of `model` back to the host: waits for all queued device work (the
+/// clock of a GPU timing stops after it).
+fn read_back<B: AutodiffBackend>(model: &ResNet<B>) -> Result<()> {
+    model
+        .fc
+        .weight
+        .val()
+        .inner()
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map(|_| ())
+        .map_err(|e| Error::invalid("parameter", format!("{e:?}")))
+}
+
+/// What [`throughput`] measures.
+#[derive(Debug, Clone)]
+pub struct ThroughputParams {
+    /// The ResNet-18 width (64 is the paper's).
+    pub width: usize,
+    /// Images per iteration.
+    pub batch: usize,
+    /// Image side.
+    pub side: usize,
+    /// Untimed iterations (the first one timed apart as `first_iter_s`), at least 1.
+    pub warmup_iters: usize,
+    /// Timed iterations, at least 1.
+    pub iters: usize,
+    /// Seed of the weights and images.
+    pub seed: u64,
+    /// Show the warm-up line (see [`Warmup`]).
+    pub show_warmup: bool,
+    /// The backend's kernel cache, whose new entries are counted.
+    pub kernel_cache: Option<KernelCache>,
+}
+
+impl Default for ThroughputParams {
+    fn default() -> Self {
+        Self {
+            width: 64,
+            batch: 128,
+            side: 32,
+            warmup_iters: 15,
+            iters: 50,
+            seed: 0,
+            show_warmup: false,
+            kernel_cache: None,
+        }
+    }
+}
+
 /// Training throughput of ResNet-18 (see [`throughput`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Throughput {
@@ -1003,8 +1201,15 @@ pub struct Throughput {
     pub warmup_iters: usize,
     /// Timed iterations.
     pub iters: usize,
-    /// Seconds of the warm-up.
+    /// Seconds from the start (model and data on the device) to the end of the first iteration
+    /// (read back): the cold or warm start, kernel compilation included.
+    pub first_iter_s: f64,
+    /// Seconds of the whole warm-up (the first iteration included).
     pub warmup_s: f64,
+    /// Kernels compiled into the cache during the warm-up (GPU backends with a cache).
+    pub kernels_compiled: Option<usize>,
+    /// Kernels compiled into the cache during the timed iterations (should be 0).
+    pub kernels_compiled_timed: Option<usize>,
     /// Seconds per timed iteration.
     pub s_per_iter: f64,
     /// Images per second over the timed iterations.
@@ -1015,64 +1220,157 @@ pub struct Throughput {
 /// backend `B`: each iteration is a forward pass, a backward pass and a Nesterov SGD update on
 /// `batch` images of `3 x side x side` (the same batch every time, already on the device). Each
 /// update depends on the previous one, and the clock stops after a parameter is read back, so
-/// all queued GPU work is inside the timing. `warmup_iters` untimed iterations come first.
+/// all queued GPU work is inside the timing. `warmup_iters` untimed iterations come first; the
+/// first of them is timed alone (`first_iter_s`).
 ///
 /// # Errors
 /// [`Error::InvalidParameter`] for impossible sizes or unreadable tensors.
-pub fn throughput<B: AutodiffBackend>(
-    device: &B::Device,
-    width: usize,
-    batch: usize,
-    side: usize,
-    warmup_iters: usize,
-    iters: usize,
-    seed: u64,
-) -> Result<Throughput> {
-    if iters == 0 {
-        return Err(Error::invalid("iters", "must be positive"));
+pub fn throughput<B: AutodiffBackend>(device: &B::Device, p: &ThroughputParams) -> Result<Throughput> {
+    if p.iters == 0 || p.warmup_iters == 0 {
+        return Err(Error::invalid("iters", "timed and warm-up iterations must be positive"));
     }
-    let set = cifar::synthetic(batch, 3, side, 10, 20.0, seed)?;
+    let warmup = Warmup::start("first benchmark step", p.kernel_cache.as_ref(), p.show_warmup, None);
+    let start = Instant::now();
+    let set = cifar::synthetic(p.batch, 3, p.side, 10, 20.0, p.seed)?;
     let (mean, std) = cifar::channel_stats(&set);
     let data: Batch<B> = batch_from_images(&set, &mean, &std, device)?;
-    let mut model: ResNet<B> = ResNetConfig::new().with_width(width).init(device, seed)?;
+    let mut model: ResNet<B> = ResNetConfig::new().with_width(p.width).init(device, p.seed)?;
     let mut optim = train::paper_sgd().init::<B, ResNet<B>>();
-    let sync = |model: &ResNet<B>| -> Result<()> {
-        model
-            .fc
-            .weight
-            .val()
-            .inner()
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .map(|_| ())
-            .map_err(|e| Error::invalid("parameter", format!("{e:?}")))
-    };
     let mut step = |model: ResNet<B>| -> ResNet<B> {
         let loss = cross_entropy(model.forward(data.images.clone()), data.labels.clone());
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         optim.step(0.01, model, grads)
     };
-    let start = Instant::now();
-    for _ in 0..warmup_iters {
+    model = step(model);
+    read_back(&model)?;
+    let first_iter_s = start.elapsed().as_secs_f64();
+    for _ in 1..p.warmup_iters {
         model = step(model);
     }
-    sync(&model)?;
+    read_back(&model)?;
+    let warm = warmup.finish();
     let warmup_s = start.elapsed().as_secs_f64();
+    let before_timed = p.kernel_cache.as_ref().map(KernelCache::kernel_count);
     let start = Instant::now();
-    for _ in 0..iters {
+    for _ in 0..p.iters {
         model = step(model);
     }
-    sync(&model)?;
+    read_back(&model)?;
     let s = start.elapsed().as_secs_f64();
+    let kernels_compiled_timed =
+        p.kernel_cache.as_ref().zip(before_timed).map(|(c, before)| c.kernel_count().saturating_sub(before));
     Ok(Throughput {
-        width,
-        batch,
-        side,
-        warmup_iters,
-        iters,
+        width: p.width,
+        batch: p.batch,
+        side: p.side,
+        warmup_iters: p.warmup_iters,
+        iters: p.iters,
+        first_iter_s,
         warmup_s,
-        s_per_iter: s / iters as f64,
-        images_per_s: (batch * iters) as f64 / s,
+        kernels_compiled: warm.kernels_compiled,
+        kernels_compiled_timed,
+        s_per_iter: s / p.iters as f64,
+        images_per_s: (p.batch * p.iters) as f64 / s,
+    })
+}
+
+/// What [`full_batch_timing`] measures.
+#[derive(Debug, Clone)]
+pub struct FullBatchTimingParams {
+    /// The ResNet-18 width (64 is the paper's).
+    pub width: usize,
+    /// Images in the full batch (50,000 is CIFAR-10's training set).
+    pub images: usize,
+    /// Images per block (128 in the paper's rows; 32 in "strong reg").
+    pub block: usize,
+    /// Image side.
+    pub side: usize,
+    /// Seed of the weights and images.
+    pub seed: u64,
+    /// Show the warm-up line (see [`Warmup`]).
+    pub show_warmup: bool,
+    /// The backend's kernel cache, whose new entries are counted.
+    pub kernel_cache: Option<KernelCache>,
+}
+
+impl Default for FullBatchTimingParams {
+    fn default() -> Self {
+        Self { width: 64, images: 50_000, block: 128, side: 32, seed: 0, show_warmup: false, kernel_cache: None }
+    }
+}
+
+/// Seconds of one full-batch training step (see [`full_batch_timing`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FullBatchTiming {
+    /// The model width.
+    pub width: usize,
+    /// Images in the full batch.
+    pub images: usize,
+    /// Images per block.
+    pub block: usize,
+    /// Seconds of the warm-up: one plain and one regularised step on two blocks (kernel
+    /// compilation on a GPU), the upload of the images included.
+    pub warmup_s: f64,
+    /// Kernels compiled into the cache during the warm-up.
+    pub kernels_compiled: Option<usize>,
+    /// Seconds of one step without the regulariser: the gradient over every block (one forward
+    /// and backward pass each), global-norm clipping, the Nesterov SGD update.
+    pub plain_step_s: f64,
+    /// Seconds of one step with the finite-difference regulariser (two forward and backward
+    /// passes per block).
+    pub regularised_step_s: f64,
+    /// Training images per second of the plain step (`images / plain_step_s`).
+    pub plain_images_per_s: f64,
+}
+
+/// Times one full-batch step of ResNet-18 over `images` synthetic images in blocks of `block`,
+/// once without and once with the paper's regulariser (α = 0.5, ε = 0.01), after a warm-up of
+/// one of each on two blocks. Each step ends with a parameter read back, so all queued GPU
+/// work is inside its time. This is the step of the paper's full-batch rows on CIFAR-10
+/// (`images` = 50,000, `block` = 128).
+///
+/// # Errors
+/// [`Error::InvalidParameter`] for impossible sizes (fewer than two blocks of images);
+/// the errors of [`full_batch_step`].
+pub fn full_batch_timing<B: AutodiffBackend>(device: &B::Device, p: &FullBatchTimingParams) -> Result<FullBatchTiming> {
+    if p.block == 0 || p.images < 2 * p.block {
+        return Err(Error::invalid(
+            "images",
+            format!("need at least two blocks of {} images, got {}", p.block, p.images),
+        ));
+    }
+    let warmup = Warmup::start("full-batch warm-up", p.kernel_cache.as_ref(), p.show_warmup, None);
+    let start = Instant::now();
+    let set = cifar::synthetic(p.images, 3, p.side, 10, 20.0, p.seed)?;
+    let (mean, std) = cifar::channel_stats(&set);
+    let data: Batch<B> = batch_from_images(&set, &mean, &std, device)?;
+    let warm_data: Batch<B> = batch_from_images(&set.head(2 * p.block), &mean, &std, device)?;
+    let mut model: ResNet<B> = ResNetConfig::new().with_width(p.width).init(device, p.seed)?;
+    let mut optim = train::paper_sgd().init::<B, ResNet<B>>();
+    let (lr, clip) = (0.1, Some(0.25));
+    let plain = FullBatchOptions { block_size: p.block, order: BlockOrder::Sequential, regulariser: None };
+    let regularised = FullBatchOptions { regulariser: Some(Regulariser { alpha: 0.5, eps: 0.01, lr }), ..plain };
+    for options in [&plain, &regularised] {
+        model = full_batch_step(model, &mut optim, &warm_data, options, lr, clip)?.0;
+    }
+    read_back(&model)?;
+    let warm = warmup.finish();
+    let warmup_s = start.elapsed().as_secs_f64();
+    let mut times = [0.0; 2];
+    for (options, time) in [&plain, &regularised].into_iter().zip(&mut times) {
+        let t = Instant::now();
+        model = full_batch_step(model, &mut optim, &data, options, lr, clip)?.0;
+        read_back(&model)?;
+        *time = t.elapsed().as_secs_f64();
+    }
+    Ok(FullBatchTiming {
+        width: p.width,
+        images: p.images,
+        block: p.block,
+        warmup_s,
+        kernels_compiled: warm.kernels_compiled,
+        plain_step_s: times[0],
+        regularised_step_s: times[1],
+        plain_images_per_s: p.images as f64 / times[0],
     })
 }

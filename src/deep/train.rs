@@ -190,11 +190,11 @@ where
         });
     }
     let blocks = plan.len();
-    let loss = scalar(loss_sum)? / blocks as f64;
+    let loss = read_scalar(loss_sum)? / blocks as f64;
     if !loss.is_finite() {
         return Err(Error::Diverged { step: 0, quantity: "full-batch loss".into() });
     }
-    let mean_block_grad_sq_norm = scalar(sq_sum)? / blocks as f64;
+    let mean_block_grad_sq_norm = read_scalar(sq_sum)? / blocks as f64;
     Ok(FullGradient { grads: mean.unwrap_or_default(), loss, mean_block_grad_sq_norm, blocks })
 }
 
@@ -220,7 +220,7 @@ fn add_opt<B: Backend>(acc: Option<Tensor<B, 1>>, x: Tensor<B, 1>) -> Tensor<B, 
 }
 
 /// Reads a one-element tensor back to the host (0 for `None`).
-fn scalar<B: Backend>(t: Option<Tensor<B, 1>>) -> Result<f64> {
+pub(crate) fn read_scalar<B: Backend>(t: Option<Tensor<B, 1>>) -> Result<f64> {
     match t {
         None => Ok(0.0),
         Some(t) => {
@@ -359,7 +359,7 @@ fn grad_sq_norm_tensor<B: AutodiffBackend, M: AutodiffModule<B>>(
 /// # Errors
 /// [`Error::InvalidParameter`] if the value cannot be read back.
 pub fn global_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M, grads: &GradientsParams) -> Result<f64> {
-    Ok(scalar(Some(grad_sq_norm_tensor(model, grads)))?.sqrt())
+    Ok(read_scalar(Some(grad_sq_norm_tensor(model, grads)))?.sqrt())
 }
 
 /// `grads` times `factor`, parameter by parameter.
@@ -657,5 +657,5 @@ pub fn evaluate<B: Backend, M: ImageClassifier<B>>(
         correct = Some(add_opt(correct, hits));
         start += len;
     }
-    Ok((scalar(loss_sum)? / n as f64, scalar(correct)? / n as f64))
+    Ok((read_scalar(loss_sum)? / n as f64, read_scalar(correct)? / n as f64))
 }

@@ -247,7 +247,7 @@ pub fn lanczos(op: &dyn LinearOperator, params: &LanczosParams) -> Result<Eigenp
         return Err(Error::invalid("tol", "must be positive"));
     }
     if let Some(s) = &params.start
-        && (s.len() != d || !(norm(s) > 0.0) || !norm(s).is_finite())
+        && (s.len() != d || !(norm(s).is_finite() && norm(s) > 0.0))
     {
         return Err(Error::invalid(
             "start",

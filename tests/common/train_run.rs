@@ -62,3 +62,53 @@ pub fn log_without_time(dir: &Path) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// On backend `B`: the tiny run uninterrupted, and the same run stopped after 3 steps
+/// (`--max-steps`) then resumed. Asserts that every log line of the resumed run equals the
+/// uninterrupted one (wall-time fields excluded), that the training loss falls, and that
+/// `segments.jsonl` holds one record per process with its steps, backend and first-step time.
+/// Returns the uninterrupted run's log.
+pub fn check_resume_on<B: burn::tensor::backend::AutodiffBackend>(
+    device: &B::Device,
+    backend: &str,
+) -> Vec<serde_json::Value> {
+    use fullbatch::deep::config::RunConfig;
+    use fullbatch::deep::run;
+    let config = RunConfig::from_toml(TINY_RUN).unwrap();
+    let opts = |resume: bool, max_steps: Option<usize>| RunOptions {
+        resume,
+        max_steps,
+        backend: backend.into(),
+        device: "test".into(),
+        ..RunOptions::default()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let full = tmp.path().join("full");
+    let summary = run::run::<B>(&config, &full, device, &opts(false, None)).unwrap();
+    assert_eq!((summary.steps_done, summary.stopped_early), (6, false));
+    let reference = log_without_time(&full);
+    assert_eq!(reference.len(), 6);
+    let loss = |i: usize| reference[i]["train_loss"].as_f64().unwrap();
+    assert!(loss(5) < 0.85 * loss(0), "{backend}: training loss {} -> {}", loss(0), loss(5));
+
+    let part = tmp.path().join("part");
+    let first = run::run::<B>(&config, &part, device, &opts(false, Some(3))).unwrap();
+    assert_eq!((first.steps_done, first.stopped_early), (3, true));
+    run::run::<B>(&config, &part, device, &opts(true, None)).unwrap();
+    assert_eq!(log_without_time(&part), reference, "{backend}: resumed log differs");
+
+    let segments = run::read_segments(&part).unwrap();
+    assert_eq!(segments.len(), 2);
+    let steps: Vec<(usize, usize, &str)> =
+        segments.iter().map(|s| (s.start_step, s.end_step, s.outcome.as_str())).collect();
+    assert_eq!(steps, [(0, 3, "stopped"), (3, 6, "finished")]);
+    for s in &segments {
+        assert_eq!(s.backend, backend);
+        assert!(s.first_step_s.is_some_and(|t| t > 0.0));
+        assert_eq!(s.steady_steps, s.end_step - s.start_step - 1);
+        assert!(s.steady_step_s.is_some_and(|t| t > 0.0));
+        assert!(s.kernel_cache.is_none() && s.kernels_compiled.is_none());
+    }
+    assert_eq!(run::read_segments(&full).unwrap().len(), 1);
+    reference
+}
