@@ -37,7 +37,7 @@ test: deps
 	$(CARGO) test --doc
 	$(CARGO) test --all-targets
 	# burn's kernels compile in this crate: its tests run in release (debug is ~100x slower).
-	$(CARGO) test --release --features burn $(BURN_TESTS)
+	$(CARGO) test --release --features burn --lib $(BURN_TESTS)
 
 check-models: deps
 	$(CARGO) run --release --bin fullbatch -- models

@@ -45,6 +45,9 @@
 //! 0-based index of the failing update); nothing is saved after it, so the last checkpoint is the
 //! last good state. A stop request ([`RunOptions::stop`], set by Ctrl-C in the command line)
 //! or [`RunOptions::max_steps`] ends the run after the current step (epoch) with a checkpoint.
+//! During the warm-up ([`RunOptions::warming_up`]: the first step and evaluation of a process,
+//! minutes of kernel compilation on a fresh GPU) the command line exits at once instead. A
+//! directory whose run stopped before its first checkpoint starts over from step 0 on resume.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
