@@ -5,6 +5,7 @@ use std::process::Command;
 mod common;
 
 use common::TINY_EXPERIMENT;
+use fullbatch::figures::FIGURES;
 
 /// `fullbatch models --json` checks every model, exits 0, and reports a pass for each, with
 /// errors that a correct derivative gives (the V bottoms out far below the tolerance).
@@ -74,23 +75,17 @@ fn figures_command_writes_files() {
         .output()
         .expect("run figures");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for name in [
-        "derivative_check.png",
-        "derivative_check.svg",
-        "bea_orders.png",
-        "sharpness.png",
-        "generalisation.png",
-        "edge_of_stability.svg",
-        "modified_flow.png",
-        "spectral_density.png",
-        "lr_sweep.svg",
-        "bea_coefficients.png",
-        "cifar_results.png",
-        "README.md",
-    ] {
+    let mut names: Vec<String> =
+        FIGURES.iter().flat_map(|f| [format!("{}.png", f.stem), format!("{}.svg", f.stem)]).collect();
+    names.push("README.md".into());
+    for name in &names {
         let meta = std::fs::metadata(dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(meta.len() > 1000 || name == "README.md" && meta.len() > 50, "{name} is too small");
     }
+    // Nothing else: every file written is in the registry.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), names.len());
+    let index = std::fs::read_to_string(dir.path().join("README.md")).unwrap();
+    assert!(FIGURES.iter().all(|f| index.contains(&format!("`{}.png`", f.stem))), "{index}");
     let png = std::fs::read(dir.path().join("derivative_check.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let svg = std::fs::read_to_string(dir.path().join("derivative_check.svg")).unwrap();
@@ -225,4 +220,40 @@ fn sharpness_export_is_complete() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a fullbatch export"));
     assert_eq!(std::fs::read_to_string(other.join("keep.txt")).unwrap(), "mine");
+}
+
+/// The README's count of figures ("Ten figures in all") is the registry's, and every figure of
+/// the registry has its line in the committed figures/README.md index.
+#[test]
+fn readme_counts_the_registered_figures() {
+    const WORDS: [&str; 21] = [
+        "Zero",
+        "One",
+        "Two",
+        "Three",
+        "Four",
+        "Five",
+        "Six",
+        "Seven",
+        "Eight",
+        "Nine",
+        "Ten",
+        "Eleven",
+        "Twelve",
+        "Thirteen",
+        "Fourteen",
+        "Fifteen",
+        "Sixteen",
+        "Seventeen",
+        "Eighteen",
+        "Nineteen",
+        "Twenty",
+    ];
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let phrase = format!("{} figures in all", WORDS[FIGURES.len()]);
+    assert!(readme.contains(&phrase), "README.md should say \"{phrase}\"");
+    let index = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/figures/README.md")).unwrap();
+    for f in &FIGURES {
+        assert!(index.contains(&format!("- `{0}.png` / `{0}.svg`: {1}.", f.stem, f.shows)), "{} not indexed", f.stem);
+    }
 }

@@ -14,8 +14,8 @@ use fullbatch::figures::bea_coefficients::{bea_coefficient_figure, measure_coeff
 use fullbatch::figures::cifar_results::{cifar_results_figure, collect_cifar_runs};
 use fullbatch::figures::training::{lr_sweep_figure, modified_flow_figure, spectral_density_figure};
 use fullbatch::figures::{
-    SharpnessFigureData, bea_order_figure, derivative_check_figure, edge_of_stability_figure, generalisation_figure,
-    sharpness_figure,
+    FIGURES, SharpnessFigureData, bea_order_figure, derivative_check_figure, edge_of_stability_figure,
+    generalisation_figure, sharpness_figure,
 };
 use fullbatch::models::{self, Activation, ModelKind, OutputLoss};
 use fullbatch::objective::Objective;
@@ -45,12 +45,6 @@ struct Cli {
     /// CIFAR-10 results chart; a missing directory means no runs.
     #[arg(long, default_value = "runs")]
     runs: PathBuf,
-}
-
-/// One entry of the index: file stem, what it shows, how it was made.
-struct Entry {
-    stem: &'static str,
-    shows: &'static str,
 }
 
 /// The sharpness figure's model: a tanh MLP 20-40-4 with cross-entropy on 256 teacher-student
@@ -165,49 +159,8 @@ fn main() -> Result<()> {
     };
     let cifar_runs = collect_cifar_runs(&cli.runs)?;
     println!("CIFAR-10 runs found under {}: {}", cli.runs.display(), cifar_runs.len());
-    let entries = [
-        Entry {
-            stem: "derivative_check",
-            shows: "finite-difference error of the gradient and HVP against the exact ones vs the difference step, per toy model (V shape: the exact derivatives are right)",
-        },
-        Entry {
-            stem: "bea_orders",
-            shows: "one-step error of GD against the plain, first- and second-order modified flows vs the step size, with fitted slopes (theory: 2, 3, 4)",
-        },
-        Entry {
-            stem: "bea_coefficients",
-            shows: "implicit-regulariser coefficients derived from iterates on 7 toy models vs theory: GD 1/4, SGD 1/(4m) with its GD/variance split, heavy-ball and Nesterov claims at beta = 0.9, as deviation from theory in ppm with +-2 s.e. bars (top), and c(h) against the step size with the linear extrapolation to h = 0 that gives each estimate (bottom)",
-        },
-        Entry {
-            stem: "sharpness",
-            shows: "Hessian of a trained tanh MLP 20-40-4 (1,004 parameters): SLQ spectral density vs the exact eigenvalues, top-10 eigenvalues by dense eigh, Lanczos and power iteration, and their relative residuals",
-        },
-        Entry {
-            stem: "generalisation",
-            shows: "experiments/toy/generalisation.toml: SGD, GD, GD + SGD's explicit regulariser, GD + GD's, GD at 4x the lr on a tanh MLP (Fashion-MNIST subset): training loss, test accuracy and lambda_max over training, and final test accuracy vs lambda_max per run",
-        },
-        Entry {
-            stem: "edge_of_stability",
-            shows: "experiments/toy/edge_of_stability.toml: full-batch GD at three step sizes h and the gradient flow from the same start (Dormand-Prince); training loss and lambda_max (warm-started Lanczos) against the time t = step x h, with the stability threshold 2/h",
-        },
-        Entry {
-            stem: "modified_flow",
-            shows: "experiments/toy/modified_flow.toml: distance of GD's iterates from the gradient flow and from GD's modified flow of L + (h/4)|grad L|^2 at t = step x h, both at the last common time against h with fitted slopes (theory: 1 and 2), and h lambda_max against the stability limit 2 (where the modified flow stops describing GD)",
-        },
-        Entry {
-            stem: "spectral_density",
-            shows: "experiments/toy/generalisation.toml: Hessian spectral density (stochastic Lanczos quadrature) at the end of training for each optimizer, whole spectrum and outliers",
-        },
-        Entry {
-            stem: "lr_sweep",
-            shows: "experiments/toy/lr_sweep.toml: GD and SGD at four learning rates x three seeds: final test accuracy vs final lambda_max per run, and both against the learning rate (with 2/h)",
-        },
-        Entry {
-            stem: "cifar_results",
-            shows: "the paper's CIFAR-10 ResNet-18 validation accuracies (only the numbers shared/reference/paper.md states) beside the last evaluation of each of our runs under runs/ (labelled with run directory, progress and commit; unfinished runs marked), rows without a run listed as not run; runs on other data (synthetic, Fashion-MNIST, subsets) in a separate panel marked not comparable",
-        },
-    ];
-    let figures = [
+    // In the order of FIGURES (the registry: names and descriptions).
+    let figures: [_; FIGURES.len()] = [
         derivative_check_figure(&reports),
         bea_order_figure(&bea_curves),
         bea_coefficient_figure(&coefficients),
@@ -219,7 +172,7 @@ fn main() -> Result<()> {
         lr_sweep_figure(sweep),
         cifar_results_figure(&cifar_runs),
     ];
-    for (entry, fig) in entries.iter().zip(&figures) {
+    for (entry, fig) in FIGURES.iter().zip(&figures) {
         for path in render(fig, &cli.out.join(entry.stem))? {
             println!("wrote {}", path.display());
         }
@@ -228,7 +181,7 @@ fn main() -> Result<()> {
     let mut index = String::from(
         "# Figures\n\nDrawn by `cargo run --release --bin figures` (or `make figures`); each as PNG and SVG.\n\n",
     );
-    for e in &entries {
+    for e in &FIGURES {
         writeln!(index, "- `{0}.png` / `{0}.svg`: {1}.", e.stem, e.shows)?;
     }
     let index_path = cli.out.join("README.md");

@@ -9,6 +9,61 @@ use crate::bea::{GdFlow, OrderMeasurement};
 use crate::derivative_check::DerivativeReport;
 use crate::plot::{Figure, Legend, Mark, Panel, Scale, Series};
 
+/// One figure of `cargo run --release --bin figures`: its file name (without extension) and what
+/// it shows (the line of `figures/README.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FigureEntry {
+    /// The file stem: the figure is written as `<stem>.png` and `<stem>.svg`.
+    pub stem: &'static str,
+    /// What the figure shows, for the index.
+    pub shows: &'static str,
+}
+
+/// Every figure the figures binary draws, in its order: the binary draws and indexes these, and
+/// the tests check the files and the README's count against this list.
+pub const FIGURES: [FigureEntry; 10] = [
+    FigureEntry {
+        stem: "derivative_check",
+        shows: "finite-difference error of the gradient and HVP against the exact ones vs the difference step, per toy model (V shape: the exact derivatives are right)",
+    },
+    FigureEntry {
+        stem: "bea_orders",
+        shows: "one-step error of GD against the plain, first- and second-order modified flows vs the step size, with fitted slopes (theory: 2, 3, 4)",
+    },
+    FigureEntry {
+        stem: "bea_coefficients",
+        shows: "implicit-regulariser coefficients derived from iterates on 7 toy models vs theory: GD 1/4, SGD 1/(4m) with its GD/variance split, heavy-ball and Nesterov claims at beta = 0.9, as deviation from theory in ppm with +-2 s.e. bars (top), and c(h) against the step size with the linear extrapolation to h = 0 that gives each estimate (bottom)",
+    },
+    FigureEntry {
+        stem: "sharpness",
+        shows: "Hessian of a trained tanh MLP 20-40-4 (1,004 parameters): SLQ spectral density vs the exact eigenvalues, top-10 eigenvalues by dense eigh, Lanczos and power iteration, and their relative residuals",
+    },
+    FigureEntry {
+        stem: "generalisation",
+        shows: "experiments/toy/generalisation.toml: SGD, GD, GD + SGD's explicit regulariser, GD + GD's, GD at 4x the lr on a tanh MLP (Fashion-MNIST subset): training loss, test accuracy and lambda_max over training, and final test accuracy vs lambda_max per run",
+    },
+    FigureEntry {
+        stem: "edge_of_stability",
+        shows: "experiments/toy/edge_of_stability.toml: full-batch GD at three step sizes h and the gradient flow from the same start (Dormand-Prince); training loss and lambda_max (warm-started Lanczos) against the time t = step x h, with the stability threshold 2/h",
+    },
+    FigureEntry {
+        stem: "modified_flow",
+        shows: "experiments/toy/modified_flow.toml: distance of GD's iterates from the gradient flow and from GD's modified flow of L + (h/4)|grad L|^2 at t = step x h, both at the last common time against h with fitted slopes (theory: 1 and 2), and h lambda_max against the stability limit 2 (where the modified flow stops describing GD)",
+    },
+    FigureEntry {
+        stem: "spectral_density",
+        shows: "experiments/toy/generalisation.toml: Hessian spectral density (stochastic Lanczos quadrature) at the end of training for each optimizer, whole spectrum and outliers",
+    },
+    FigureEntry {
+        stem: "lr_sweep",
+        shows: "experiments/toy/lr_sweep.toml: GD and SGD at four learning rates x three seeds: final test accuracy vs final lambda_max per run, and both against the learning rate (with 2/h)",
+    },
+    FigureEntry {
+        stem: "cifar_results",
+        shows: "the paper's CIFAR-10 ResNet-18 validation accuracies (only the numbers the paper states) beside the last evaluation of each of our runs under runs/ (labelled with run directory, progress and commit; unfinished runs marked), rows without a run listed as not run; runs on other data (synthetic, Fashion-MNIST, subsets) in a separate panel marked not comparable",
+    },
+];
+
 /// Finite-difference error of the gradient and of the HVP against the exact ones, as the
 /// difference step shrinks, one line per model: the V-shaped curves (slope 2 from truncation,
 /// slope -1 from rounding) that show the exact derivatives are right.
