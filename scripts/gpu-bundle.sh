@@ -11,7 +11,7 @@
 #                          libraries at run time (env.sh finds them through python3)
 #   lib/                   the shared libraries the binaries need beyond glibc, libstdc++ and
 #                          libtorch: OpenBLAS and its Fortran run time (the GPU image has none)
-#   kernel-cache/          the committed kernel cache of gpu/kernel-cache/<device>/, if any
+#   kernel-cache/          the committed kernel caches of gpu/kernel-cache/<gpu>-cubecl-0.10/, if any
 #   scripts/, experiments/cifar10/gpu-smoke.toml   what gpu-check.sh runs
 #   env.sh                 `source env.sh`: LD_LIBRARY_PATH, CUDA_PATH, FULLBATCH_BIN, ...
 #   MANIFEST.json          git commit, build date, versions, file sizes

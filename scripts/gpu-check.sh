@@ -24,7 +24,7 @@
 #   OUT                   where results go (default experiments/results/gpu/DATE)
 #   GPU_CHECK_BUDGET      seconds for all stages (default 540)
 #   KERNEL_CACHE_ARCHIVE  a kernel-cache.tar.xz of an earlier run on the same GPU type: start warm
-#                         (default: the bundle's kernel-cache/<device>/ if any)
+#                         (default: the bundle's kernel-cache/<gpu>-cubecl-0.10/ if any)
 #   GPU_CHECK_STAGES      comma-separated subset, in order (default: all, in the order above)
 #   GPU_CHECK_CPU=1       dry run on a machine without a GPU: every stage on the CPU backends with
 #                         a tiny model (checks this script, not a GPU)
@@ -67,11 +67,13 @@ say "device: ${GPU:-none}; commit $COMMIT; bundle $BDIR"
 # --- the kernel cache -------------------------------------------------------------------------
 K=$W/kernel-cache
 mkdir -p "$K"
-TAG=$(echo "${GPU_NAME:-device}" | tr 'A-Z' 'a-z' | sed -e 's/[^a-z0-9]\+/-/g' -e 's/^-//' -e 's/-$//')
+# The name fullbatch gives this GPU's default cache directory (e.g. nvidia-h200-cubecl-0.10).
+TAG=$("$BIN" device cache --gpu "${GPU_NAME:-device}" 2>/dev/null \
+  | python3 -c 'import json, os, sys; print(os.path.basename(json.load(sys.stdin)["dir"]))' 2>/dev/null)
 CACHE_SOURCE=empty
 if [ -n "${KERNEL_CACHE_ARCHIVE:-}" ] && [ -f "$KERNEL_CACHE_ARCHIVE" ]; then
   tar -C "$K" -xJf "$KERNEL_CACHE_ARCHIVE" && CACHE_SOURCE="carried $KERNEL_CACHE_ARCHIVE"
-elif [ -d "$BDIR/kernel-cache/$TAG" ]; then
+elif [ -n "$TAG" ] && [ -d "$BDIR/kernel-cache/$TAG" ]; then
   cp -r "$BDIR/kernel-cache/$TAG/." "$K/" && CACHE_SOURCE="bundle kernel-cache/$TAG"
 fi
 export FULLBATCH_KERNEL_CACHE=$K

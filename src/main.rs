@@ -431,9 +431,10 @@ mod burn_cmd {
     use anyhow::{Context, Result, bail};
     use burn::tensor::backend::AutodiffBackend;
     use fullbatch::Error;
+    use fullbatch::deep::bench::{self, FullBatchTimingParams, ThroughputParams};
     use fullbatch::deep::config::{RunConfig, SharpnessConfig};
     use fullbatch::deep::device::{KernelCache, Warmup};
-    use fullbatch::deep::run::{self, FullBatchTimingParams, RunOptions, ThroughputParams};
+    use fullbatch::deep::run::{self, RunOptions};
 
     /// The backend to run on.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -611,6 +612,8 @@ mod burn_cmd {
 
     /// A command that runs on any backend.
     trait Job {
+        /// The backend the job asks for.
+        fn backend(&self) -> &BackendArgs;
         /// Whether Ctrl-C exits at once (the job writes nothing that an interruption could
         /// leave half-done).
         fn exits_at_once(&self) -> bool;
@@ -670,8 +673,9 @@ mod burn_cmd {
         }
     }
 
-    /// Runs `job` on the backend `args` choose.
-    fn dispatch<J: Job>(args: &BackendArgs, job: J) -> Result<ExitCode> {
+    /// Runs `job` on the backend it asks for.
+    fn dispatch<J: Job>(job: J) -> Result<ExitCode> {
+        let args = job.backend().clone();
         let choice = args.backend.unwrap_or_else(default_backend);
         let warming_up = Arc::new(AtomicBool::new(false));
         let setup = |backend, device, kernel_cache| Setup {
@@ -721,21 +725,14 @@ mod burn_cmd {
 
     /// Runs `fullbatch train`.
     pub fn train(args: TrainArgs) -> Result<ExitCode> {
-        let backend = args.backend.clone();
-        dispatch(&backend, args)
+        dispatch(args)
     }
 
     /// Runs `fullbatch device ...`.
     pub fn device(command: DeviceCommand) -> Result<ExitCode> {
         match command {
-            DeviceCommand::CheckGradient(args) => {
-                let backend = args.backend.clone();
-                dispatch(&backend, args)
-            }
-            DeviceCommand::Bench(args) => {
-                let backend = args.backend.clone();
-                dispatch(&backend, args)
-            }
+            DeviceCommand::CheckGradient(args) => dispatch(args),
+            DeviceCommand::Bench(args) => dispatch(args),
             DeviceCommand::Cache(args) => cache(&args),
         }
     }
@@ -766,6 +763,10 @@ mod burn_cmd {
     }
 
     impl Job for CheckGradientArgs {
+        fn backend(&self) -> &BackendArgs {
+            &self.backend
+        }
+
         fn exits_at_once(&self) -> bool {
             true
         }
@@ -773,7 +774,7 @@ mod burn_cmd {
         fn run<B: AutodiffBackend>(self, device: &B::Device, setup: Setup) -> Result<ExitCode> {
             let cpu = burn::backend::flex::FlexDevice;
             let warmup = Warmup::start("gradient check", setup.kernel_cache.as_ref(), true, None);
-            let report = run::gradient_agreement::<B, fullbatch::deep::CpuAutodiff>(
+            let report = bench::gradient_agreement::<B, fullbatch::deep::CpuAutodiff>(
                 device,
                 &cpu,
                 self.width,
@@ -793,6 +794,10 @@ mod burn_cmd {
     }
 
     impl Job for BenchArgs {
+        fn backend(&self) -> &BackendArgs {
+            &self.backend
+        }
+
         fn exits_at_once(&self) -> bool {
             true
         }
@@ -808,7 +813,7 @@ mod burn_cmd {
                         kernel_cache: setup.kernel_cache.clone(),
                         ..FullBatchTimingParams::default()
                     };
-                    let report = run::full_batch_timing::<B>(device, &params)?;
+                    let report = bench::full_batch_timing::<B>(device, &params)?;
                     serde_json::json!({ "backend": setup.backend, "device": setup.device, "full_batch": report })
                 }
                 None => {
@@ -821,7 +826,7 @@ mod burn_cmd {
                         kernel_cache: setup.kernel_cache.clone(),
                         ..ThroughputParams::default()
                     };
-                    let report = run::throughput::<B>(device, &params)?;
+                    let report = bench::throughput::<B>(device, &params)?;
                     serde_json::json!({ "backend": setup.backend, "device": setup.device, "throughput": report })
                 }
             };
@@ -831,6 +836,10 @@ mod burn_cmd {
     }
 
     impl Job for TrainArgs {
+        fn backend(&self) -> &BackendArgs {
+            &self.backend
+        }
+
         fn exits_at_once(&self) -> bool {
             false
         }

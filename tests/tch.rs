@@ -7,7 +7,7 @@
 
 use burn::backend::flex::FlexDevice;
 use burn::backend::libtorch::LibTorchDevice;
-use fullbatch::deep::run::gradient_agreement;
+use fullbatch::deep::bench::gradient_agreement;
 use fullbatch::deep::{CpuAutodiff, TchAutodiff};
 
 mod common;

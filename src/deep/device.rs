@@ -112,13 +112,13 @@ impl KernelCache {
     /// The number of compiled kernels stored: the entries of cubecl's compilation caches (one
     /// line each in the `toc.json.log` files under [`Self::cubecl_dir`]).
     pub fn kernel_count(&self) -> usize {
-        count_lines_named(&self.cubecl_dir(), "toc.json.log")
+        count_lines(&self.cubecl_dir(), &|name| name == "toc.json.log")
     }
 
     /// The number of autotune results stored (one line each in the `.json.log` files under
     /// `cubecl/autotune`).
     pub fn autotune_count(&self) -> usize {
-        count_lines_with_suffix(&self.cubecl_dir().join("autotune"), ".json.log")
+        count_lines(&self.cubecl_dir().join("autotune"), &|name| name.ends_with(".json.log"))
     }
 
     /// Bytes of all files under [`Self::root`].
@@ -196,24 +196,16 @@ pub fn libtorch_device(cpu_only: bool) -> (burn::backend::libtorch::LibTorchDevi
     }
 }
 
-/// The total number of lines of the files called `name` under `dir` (0 if there are none).
-fn count_lines_named(dir: &Path, name: &str) -> usize {
-    count_lines_where(dir, &|p: &Path| p.file_name().is_some_and(|f| f == name))
-}
-
-/// The total number of lines of the files whose name ends with `suffix` under `dir`.
-fn count_lines_with_suffix(dir: &Path, suffix: &str) -> usize {
-    count_lines_where(dir, &|p: &Path| p.file_name().is_some_and(|f| f.to_string_lossy().ends_with(suffix)))
-}
-
-fn count_lines_where(dir: &Path, wanted: &dyn Fn(&Path) -> bool) -> usize {
+/// The total number of non-empty lines of the files under `dir` whose name `wanted` accepts (0 if
+/// there are none).
+fn count_lines(dir: &Path, wanted: &dyn Fn(&str) -> bool) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     let mut n = 0;
     for entry in entries.flatten() {
         let path = entry.path();
         match entry.file_type() {
-            Ok(t) if t.is_dir() => n += count_lines_where(&path, wanted),
-            Ok(_) if wanted(&path) => {
+            Ok(t) if t.is_dir() => n += count_lines(&path, wanted),
+            Ok(_) if wanted(&entry.file_name().to_string_lossy()) => {
                 n += std::fs::read(&path)
                     .map_or(0, |bytes| bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count());
             }

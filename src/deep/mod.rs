@@ -12,6 +12,8 @@
 //! - [`run`]: the training loop of `fullbatch train`: run directory, JSONL log, atomic
 //!   checkpoints, exact resume from (seed, step)-derived randomness, divergence and Ctrl-C
 //!   handling; and the device checks (gradient agreement between backends, throughput).
+//! - [`bench`]: device checks and timings (gradient agreement between backends, throughput, one
+//!   full-batch step).
 //! - [`device`]: the kernel caches of the GPU backends and the visible warm-up of the first
 //!   steps.
 //! - [`sharpness`]: the Hessian of the full-batch loss as a finite-difference
@@ -25,6 +27,7 @@
 //! Randomness: no burn random op is used. Weights are drawn from a ChaCha8 generator with an
 //! explicit seed, on the host, and uploaded; shuffles take explicit seeds too.
 
+pub mod bench;
 pub mod config;
 pub mod device;
 pub mod resnet;
