@@ -268,18 +268,7 @@ impl Warmup {
 
     /// Stops the indicator and reports the warm-up.
     pub fn finish(mut self) -> WarmupReport {
-        self.end()
-    }
-
-    fn end(&mut self) -> WarmupReport {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.ticker.take() {
-            // A ticker that panicked only loses its display.
-            let _ = t.join();
-        }
-        if let Some(f) = &self.flag {
-            f.store(false, Ordering::SeqCst);
-        }
+        self.stop_ticker();
         let compiled =
             self.cache.as_ref().zip(self.kernels_before).map(|(c, before)| c.kernel_count().saturating_sub(before));
         WarmupReport {
@@ -289,13 +278,24 @@ impl Warmup {
             kernel_cache: self.cache.as_ref().map(|c| c.root.clone()),
         }
     }
+
+    /// Stops the ticker thread and clears the flag (idempotent).
+    fn stop_ticker(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.ticker.take() {
+            // A ticker that panicked only loses its display.
+            let _ = t.join();
+        }
+        if let Some(f) = &self.flag {
+            f.store(false, Ordering::SeqCst);
+        }
+    }
 }
 
+/// A warm-up left by an error (`?`) stops its line and clears its flag.
 impl Drop for Warmup {
     fn drop(&mut self) {
-        if self.ticker.is_some() || self.flag.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
-            self.end();
-        }
+        self.stop_ticker();
     }
 }
 
