@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # GPU check of the burn half, made for a short lease of a fresh, offline GPU machine (15 minutes
-# in all, at most 10 per command, results back only as a few files from $OUT):
+# in all, at most 10 per command, results back only as a few files from $OUT). Stages run in this
+# order: PyTorch and LibTorch first (short and certain), then the CUDA backend:
 #   cold start  seconds to the first training step of ResNet-18 (width 64, batch 128) with the
 #               kernel cache as found (empty on a fresh machine, unless a cache is carried),
-#   warm start  the same in a new process with the cache the first one filled,
+#   warm start  the same in a new process with the cubecl cache the first one filled and an empty
+#               driver cache (as on a fresh machine given the committed cache),
 #   steady      images/s of forward + backward + Nesterov SGD, for the CUDA backend, the LibTorch
 #               backend and PyTorch (scripts/torch_resnet18.py) in the same command, and ratios,
 #   full batch  one full-batch step over 50,000 synthetic images in blocks of 128, plain and with
@@ -13,7 +15,8 @@
 #               and exact resume (stopped at step 6, resumed, log lines compared).
 # Every stage prints progress as it goes (the binaries' warm-up lines count compiled kernels).
 # A packer running every 30 s copies into $OUT: gpu-check.json (the summary so far),
-# gpu-check.log (all stage logs), kernel-cache.tar.xz (the cubecl kernel cache), so a stage
+# gpu-check.log (all stage logs, GPU utilisation every 5 s), kernel-cache.tar.xz (the cubecl
+# kernel cache) and driver-cache.tar.xz (the driver's SASS cache, for its size), so a stage
 # killed at the command's limit still returns what it did, and a later call that carries
 # kernel-cache.tar.xz starts warm. Stages get what is left of GPU_CHECK_BUDGET, each up to its cap.
 #
@@ -56,6 +59,9 @@ else
 fi
 # shellcheck source=/dev/null
 source "$BDIR/env.sh"
+# The helper scripts beside this one (the checkout's), else the bundle's copies.
+SCRIPTS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+[ -f "$SCRIPTS/torch_resnet18.py" ] && [ -f "$SCRIPTS/gpu-check-summary.py" ] || SCRIPTS=$BDIR/scripts
 BIN=$FULLBATCH_BIN
 TCH_BIN=$FULLBATCH_TCH_BIN
 COMMIT=$FULLBATCH_GIT_COMMIT
@@ -89,6 +95,10 @@ pack() {
   if [ -d "$K/cubecl" ]; then
     tar -C "$K" -cf - cubecl 2>/dev/null | xz -1 -T0 >"$W/kc.tmp" && mv "$W/kc.tmp" "$OUT/kernel-cache.tar.xz"
   fi
+  # The driver's SASS cache, to see its size (valid only for the same GPU and driver).
+  if [ -d "$K/nv-compute" ]; then
+    tar -C "$K" -cf - nv-compute 2>/dev/null | xz -1 -T0 >"$W/nv.tmp" && mv "$W/nv.tmp" "$OUT/driver-cache.tar.xz"
+  fi
   for f in "$W"/*.log; do [ -e "$f" ] && { echo "===== $(basename "$f")"; cat "$f"; }; done >"$W/all.tmp" 2>/dev/null
   mv "$W/all.tmp" "$OUT/gpu-check.log"
   summarize >/dev/null 2>&1
@@ -98,12 +108,18 @@ summarize() {
   for s in $STAGES_DONE; do status="$status $s=${STATUS[$s]}:${ELAPSED[$s]}"; done
   GC_W=$W GC_OUT=$OUT GC_DATE=$DATE GC_GPU=$GPU GC_COMMIT=$COMMIT GC_STATUS=$status \
   GC_TOTAL=$(( $(date +%s) - START )) GC_CACHE_SOURCE=$CACHE_SOURCE GC_K0=$KERNELS_AT_START \
-  GC_K1=$(count_kernels) GC_CPU=$CPU python3 "$BDIR/scripts/gpu-check-summary.py"
+  GC_K1=$(count_kernels) GC_CPU=$CPU python3 "$SCRIPTS/gpu-check-summary.py"
 }
 packer() { while sleep 30; do pack; done; }
 packer &
 PACKER=$!
-finish() { kill "$PACKER" 2>/dev/null; pack; }
+# GPU utilisation and clocks every 5 s (is the GPU idle while kernels compile?).
+if [ "$CPU" != 1 ]; then
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used,clocks.sm --format=csv -l 5 \
+    >"$W/gpu-utilisation.log" 2>&1 &
+  SMI=$!
+fi
+finish() { kill "$PACKER" ${SMI:-} 2>/dev/null; pack; }
 trap 'finish; exit 130' INT TERM
 
 # stage NAME CAP COMMAND...: runs with the time left (at most CAP s), logs to $W/NAME.log,
@@ -151,31 +167,35 @@ smoke_resume() {
 export W WIDTH BIN CUDA SMOKE
 export -f bench smoke_resume
 
-want bench_cuda_cold && stage bench_cuda_cold 300 bench bench_cuda_cold "$BIN" "$CUDA" 3 10 "$BATCH"
-want bench_cuda_warm && stage bench_cuda_warm 120 bench bench_cuda_warm "$BIN" "$CUDA" 10 50 "$BATCH"
-want bench_torch && stage bench_torch 90 python3 "$BDIR/scripts/torch_resnet18.py" --device "$TORCH_DEV" \
+# The reference and LibTorch stages first: they are short and certain, and the CUDA cold start
+# (NVRTC compiles about one kernel a second) then gets whatever is left.
+want bench_torch && stage bench_torch 90 python3 "$SCRIPTS/torch_resnet18.py" --device "$TORCH_DEV" \
   --width "$WIDTH" --batch "$BATCH" --warmup 10 --iters 50 --json-out "$W/bench_torch.json"
 if [ -x "$TCH_BIN" ]; then
   want bench_tch && stage bench_tch 90 bench bench_tch "$TCH_BIN" "$TCH" 10 50 "$BATCH"
-fi
-want full_batch_cuda && stage full_batch_cuda 150 "$BIN" device bench --backend "$CUDA" --width "$WIDTH" \
-  --images "$FB_IMAGES" --batch "$BATCH" --json-out "$W/full_batch_cuda.json"
-want full_batch_torch && stage full_batch_torch 90 python3 "$BDIR/scripts/torch_resnet18.py" --device "$TORCH_DEV" \
-  --width "$WIDTH" --batch "$BATCH" --full-batch "$FB_IMAGES" --json-out "$W/full_batch_torch.json"
-if [ -x "$TCH_BIN" ]; then
-  want full_batch_tch && stage full_batch_tch 150 "$TCH_BIN" device bench --backend "$TCH" --width "$WIDTH" \
-    --images "$FB_IMAGES" --batch "$BATCH" --json-out "$W/full_batch_tch.json"
-fi
-want gradient_cuda && stage gradient_cuda 60 "$BIN" device check-gradient --backend "$CUDA" \
-  --width 16 --batch 16 --json-out "$W/gradient_cuda.json"
-if [ -x "$TCH_BIN" ]; then
   want gradient_tch && stage gradient_tch 60 "$TCH_BIN" device check-gradient --backend "$TCH" \
     --width 16 --batch 16 --json-out "$W/gradient_tch.json"
 fi
+want full_batch_torch && stage full_batch_torch 60 python3 "$SCRIPTS/torch_resnet18.py" --device "$TORCH_DEV" \
+  --width "$WIDTH" --batch "$BATCH" --full-batch "$FB_IMAGES" --json-out "$W/full_batch_torch.json"
+if [ -x "$TCH_BIN" ]; then
+  want full_batch_tch && stage full_batch_tch 75 "$TCH_BIN" device bench --backend "$TCH" --width "$WIDTH" \
+    --images "$FB_IMAGES" --batch "$BATCH" --json-out "$W/full_batch_tch.json"
+fi
+want bench_cuda_cold && stage bench_cuda_cold 480 bench bench_cuda_cold "$BIN" "$CUDA" 3 10 "$BATCH"
+# Warm start as on a fresh machine given the committed cache: cubecl's PTX and autotune results
+# carried, the driver's SASS cache empty (the driver translates every PTX again).
+mkdir -p "$W/nv-fresh"
+want bench_cuda_warm && stage bench_cuda_warm 120 env CUDA_CACHE_PATH="$W/nv-fresh" \
+  bash -c 'bench bench_cuda_warm "$BIN" "$CUDA" 10 50 "$1"' _ "$BATCH"
+want gradient_cuda && stage gradient_cuda 60 "$BIN" device check-gradient --backend "$CUDA" \
+  --width 16 --batch 16 --json-out "$W/gradient_cuda.json"
+want full_batch_cuda && stage full_batch_cuda 120 "$BIN" device bench --backend "$CUDA" --width "$WIDTH" \
+  --images "$FB_IMAGES" --batch "$BATCH" --json-out "$W/full_batch_cuda.json"
 want smoke && stage smoke 180 smoke_resume
 want bench_cuda_b512 && stage bench_cuda_b512 90 bench bench_cuda_b512 "$BIN" "$CUDA" 5 20 $((BATCH * 4))
 
-kill "$PACKER" 2>/dev/null
+kill "$PACKER" ${SMI:-} 2>/dev/null
 wait "$PACKER" 2>/dev/null
 pack
 summarize
