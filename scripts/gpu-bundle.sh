@@ -11,7 +11,7 @@
 #                          libraries at run time (env.sh finds them through python3)
 #   lib/                   the shared libraries the binaries need beyond glibc, libstdc++ and
 #                          libtorch: OpenBLAS and its Fortran run time (the GPU image has none)
-#   kernel-cache/          the committed kernel caches of gpu/kernel-cache/<gpu>-cubecl-0.10/, if any
+#   kernel-cache/          the committed kernel caches, experiments/kernel-cache/<gpu>-cubecl-0.10.tar.xz
 #   scripts/, experiments/cifar10/gpu-smoke.toml   what gpu-check.sh runs
 #   env.sh                 `source env.sh`: LD_LIBRARY_PATH, CUDA_PATH, FULLBATCH_BIN, ...
 #   MANIFEST.json          git commit, build date, versions, file sizes
@@ -65,7 +65,9 @@ done
 
 cp scripts/gpu-check.sh scripts/gpu-check-summary.py scripts/torch_resnet18.py "$B/scripts/"
 cp experiments/cifar10/gpu-smoke.toml "$B/experiments/cifar10/"
-if [ -d gpu/kernel-cache ]; then cp -r gpu/kernel-cache "$B/kernel-cache"; fi
+if compgen -G "experiments/kernel-cache/*.tar.xz" >/dev/null; then
+  mkdir -p "$B/kernel-cache" && cp experiments/kernel-cache/*.tar.xz "$B/kernel-cache/"
+fi
 echo "$COMMIT" >"$B/GIT_COMMIT"
 cat >"$B/env.sh" <<'ENV'
 # source env.sh: run the bundled binaries. CUDA_PATH: the CUDA toolkit whose headers NVRTC needs.

@@ -98,7 +98,11 @@ out["full_batch"] = {
     "tch_over_torch_regularised_time": ratio(fb_reg["tch"], fb_reg["torch"]),
     "runs": fb,
 }
-out["gradient_check"] = {"cuda": load("gradient_cuda.json"), "tch": load("gradient_tch.json")}
+out["gradient_check"] = {
+    "cuda": load("gradient_cuda.json"),
+    "tch": load("gradient_tch.json"),
+    "tch_tf32": load("gradient_tch_tf32.json"),
+}
 
 full, part = os.path.join(W, "smoke-full"), os.path.join(W, "smoke-part")
 full_log, part_log = jsonl(os.path.join(full, "log.jsonl")), jsonl(os.path.join(part, "log.jsonl"))
@@ -119,11 +123,25 @@ if full_log:
         # One CIFAR-10 full-batch step (50,000 images, blocks of 128, regulariser) by proportion.
         smoke["est_cifar10_step_s_block128_reg"] = smoke["median_step_s_after_first"] * 50000 / images
     smoke["log"] = full_log
+part_segments = jsonl(os.path.join(part, "segments.jsonl"))
+# The steps before the interruption ran in a fresh process with the same config and seed as the
+# uninterrupted run: if they differ, the backend is not deterministic from run to run (e.g. an
+# autotuner choosing other kernels), and an exact resume cannot be judged by comparison alone.
+first_end = part_segments[0]["end_step"] if part_segments else 0
+before = [line for line in part_log if line.get("step", 0) <= first_end]
+by_step = {line.get("step"): line for line in full_log}
 smoke["resume"] = {
     "steps_resumed_run": len(part_log),
-    "segments": jsonl(os.path.join(part, "segments.jsonl")),
+    "segments": part_segments,
+    "before_interruption_identical": bool(before) and strip(before) == strip(full_log[: len(before)]),
     "identical_to_uninterrupted": bool(full_log) and len(part_log) == len(full_log)
     and strip(part_log) == strip(full_log),
+    "train_loss_rel_diff_by_step": {
+        str(line["step"]): abs(line["train_loss"] - by_step[line["step"]]["train_loss"])
+        / abs(by_step[line["step"]]["train_loss"])
+        for line in part_log
+        if line.get("step") in by_step and "train_loss" in line and by_step[line["step"]].get("train_loss")
+    },
 }
 out["smoke"] = smoke
 

@@ -137,6 +137,73 @@ impl KernelCache {
         walk(&self.root)
     }
 
+    /// The committed cache archive for this cache's device, if the checkout has one:
+    /// `experiments/kernel-cache/<directory name>.tar.xz` (e.g. `nvidia-h200-cubecl-0.10.tar.xz`)
+    /// below the working directory, else below the source tree this binary was built from.
+    pub fn committed_archive(&self) -> Option<PathBuf> {
+        let name = format!("{}.tar.xz", self.root.file_name()?.to_string_lossy());
+        let relative = Path::new("experiments").join("kernel-cache").join(name);
+        [PathBuf::from("."), PathBuf::from(env!("CARGO_MANIFEST_DIR"))]
+            .into_iter()
+            .map(|base| base.join(&relative))
+            .find(|path| path.is_file())
+    }
+
+    /// Fills an empty cache from a `.tar.xz` archive of a cache directory's `cubecl/` part (as
+    /// `scripts/gpu-check.sh` packs it), unpacked with the system's `tar`. The archive goes into
+    /// a temporary directory beside the cache first and is moved into place only when complete,
+    /// so a failed import leaves the cache as it was. Returns the number of kernels imported.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] when the cache already holds kernels (clear it first);
+    /// [`Error::BadFile`] naming the archive when `tar` fails or the archive has no `cubecl/`;
+    /// [`Error::Io`] naming the directory that could not be made or moved.
+    pub fn import_archive(&self, archive: &Path) -> Result<usize> {
+        let held = self.kernel_count();
+        if held > 0 {
+            return Err(Error::invalid(
+                "kernel cache",
+                format!("{} already holds {held} kernels; clear it before importing", self.root.display()),
+            ));
+        }
+        let parent = self.root.parent().unwrap_or_else(|| Path::new("."));
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        let staging = parent.join(format!(
+            ".{}.import-{}",
+            self.root.file_name().map_or("cache".into(), |n| n.to_string_lossy()),
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+        let result = self.import_staged(archive, &staging);
+        // Best effort: the staging directory is ours alone; what is left of it is garbage.
+        let _ = std::fs::remove_dir_all(&staging);
+        result
+    }
+
+    fn import_staged(&self, archive: &Path, staging: &Path) -> Result<usize> {
+        let output = std::process::Command::new("tar")
+            .arg("-xJf")
+            .arg(archive)
+            .arg("-C")
+            .arg(staging)
+            .output()
+            .map_err(|e| Error::io(archive, e))?;
+        if !output.status.success() {
+            let why = String::from_utf8_lossy(&output.stderr);
+            return Err(Error::bad_file(archive, format!("tar -xJf failed: {}", why.trim())));
+        }
+        let unpacked = Self { root: staging.to_path_buf() };
+        let kernels = unpacked.kernel_count();
+        if !unpacked.cubecl_dir().is_dir() || kernels == 0 {
+            return Err(Error::bad_file(archive, "holds no cubecl/ kernel cache (no toc.json.log entries)"));
+        }
+        self.create()?;
+        let target = self.cubecl_dir();
+        std::fs::remove_dir_all(&target).map_err(|e| Error::io(&target, e))?;
+        std::fs::rename(unpacked.cubecl_dir(), &target).map_err(|e| Error::io(&target, e))?;
+        Ok(kernels)
+    }
+
     /// The environment variables the CUDA driver reads when it starts, for this cache:
     /// `CUDA_CACHE_PATH` and `CUDA_CACHE_MAXSIZE` ([`DRIVER_CACHE_MAX_BYTES`]), each only when
     /// the user has not set it. They must be in the environment before the first CUDA call.
@@ -365,6 +432,89 @@ mod tests {
         assert_eq!(c.root, PathBuf::from("/x/k"));
         assert_eq!(c.cubecl_dir(), PathBuf::from("/x/k/cubecl"));
         assert_eq!(c.driver_dir(), PathBuf::from("/x/k/nv-compute"));
+    }
+
+    /// A cache directory with `kernels` toc lines and two autotune results, packed as
+    /// gpu-check.sh packs it (`tar -cJf ARCHIVE -C ROOT cubecl`).
+    fn packed_cache(dir: &Path, kernels: usize) -> PathBuf {
+        let ptx = dir.join("src/cubecl/cuda/0.10.0/ptx");
+        std::fs::create_dir_all(&ptx).unwrap();
+        std::fs::write(ptx.join("toc.json.log"), "{}\n".repeat(kernels)).unwrap();
+        let tune = dir.join("src/cubecl/autotune/0.10.0/device-0-0-cuda");
+        std::fs::create_dir_all(&tune).unwrap();
+        std::fs::write(tune.join("conv.json.log"), "{}\n{}\n").unwrap();
+        let archive = dir.join("cache.tar.xz");
+        let status = std::process::Command::new("tar")
+            .arg("-cJf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(dir.join("src"))
+            .arg("cubecl")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        archive
+    }
+
+    #[test]
+    fn import_fills_an_empty_cache_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let archive = packed_cache(tmp.path(), 3);
+        let c = KernelCache { root: tmp.path().join("caches/nvidia-h200-cubecl-0.10") };
+        assert_eq!(c.import_archive(&archive).unwrap(), 3);
+        assert_eq!((c.kernel_count(), c.autotune_count()), (3, 2));
+        assert!(c.driver_dir().is_dir());
+        match c.import_archive(&archive) {
+            Err(Error::InvalidParameter { problem, .. }) => assert!(problem.contains("already holds 3 kernels")),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // Nothing but the cache itself is left beside it.
+        let beside: Vec<_> = std::fs::read_dir(tmp.path().join("caches")).unwrap().flatten().collect();
+        assert_eq!(beside.len(), 1);
+    }
+
+    #[test]
+    fn a_bad_archive_is_named_and_leaves_the_cache_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bad = tmp.path().join("not-an-archive.tar.xz");
+        std::fs::write(&bad, b"plain text").unwrap();
+        let c = KernelCache { root: tmp.path().join("caches/k") };
+        match c.import_archive(&bad) {
+            Err(Error::BadFile { path, .. }) => assert_eq!(path, bad),
+            other => panic!("expected BadFile, got {other:?}"),
+        }
+        assert_eq!(c.kernel_count(), 0);
+        assert!(!c.cubecl_dir().exists());
+        let beside: Vec<_> = std::fs::read_dir(tmp.path().join("caches")).unwrap().flatten().collect();
+        assert!(beside.is_empty(), "left behind: {beside:?}");
+        // An archive without cubecl/ is refused too.
+        std::fs::create_dir_all(tmp.path().join("other")).unwrap();
+        std::fs::write(tmp.path().join("other/x"), b"x").unwrap();
+        let empty = tmp.path().join("other.tar.xz");
+        let status = std::process::Command::new("tar")
+            .arg("-cJf")
+            .arg(&empty)
+            .arg("-C")
+            .arg(tmp.path().join("other"))
+            .arg("x")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(matches!(c.import_archive(&empty), Err(Error::BadFile { .. })));
+    }
+
+    /// The committed H200 cache is found by name and holds the kernels gpu-check.sh compiled on
+    /// an H200 (ResNet-18 training, evaluation and the regularised full-batch step at width 64).
+    #[test]
+    fn the_committed_h200_cache_is_found_and_unpacks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = KernelCache::locate(Some(&tmp.path().join("nvidia-h200-cubecl-0.10")), "NVIDIA H200").unwrap();
+        let archive = c.committed_archive().expect("experiments/kernel-cache/nvidia-h200-cubecl-0.10.tar.xz");
+        let kernels = c.import_archive(&archive).unwrap();
+        assert!(kernels >= 700, "{kernels} kernels");
+        assert!(c.autotune_count() >= 100, "{} autotune results", c.autotune_count());
+        let other = KernelCache { root: tmp.path().join("no-such-gpu-cubecl-0.10") };
+        assert_eq!(other.committed_archive(), None);
     }
 
     #[test]
