@@ -22,6 +22,7 @@
 //! burn's GPU kernels and of the paper's runs.
 
 pub mod bea;
+pub mod choice;
 pub mod data;
 #[cfg(feature = "burn")]
 pub mod deep;
@@ -39,6 +40,7 @@ pub mod provenance;
 pub mod sharpness;
 pub mod stats;
 
+pub use choice::Choice;
 pub use error::{Error, Result};
 pub use objective::{FiniteSum, Objective};
 

@@ -17,7 +17,7 @@ fn models_command_checks_every_model() {
         .expect("run fullbatch");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let checks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON array");
-    assert_eq!(checks.len(), fullbatch::models::ModelKind::all().len());
+    assert_eq!(checks.len(), <fullbatch::models::ModelKind as fullbatch::Choice>::ALL.len());
     for c in &checks {
         assert_eq!(c["pass"], true, "{c}");
         // A correct derivative's best central difference is ~1e-10 relative; 1e-8 would

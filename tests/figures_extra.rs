@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use fullbatch::Choice;
 use fullbatch::figures::bea_coefficients::{
     COEFFICIENT_MODELS, CoefficientFigureData, CoefficientKind, bea_coefficient_figure, measure_coefficients,
 };

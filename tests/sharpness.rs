@@ -7,6 +7,7 @@
 mod common;
 
 use common::{case, inf_norm, normal_vector};
+use fullbatch::Choice;
 use fullbatch::models::{ModelKind, Quadratic};
 use fullbatch::objective::Objective;
 use fullbatch::sharpness::trace::{DensityParams, hutch_plus_plus, hutchinson, spectral_density};
@@ -138,7 +139,7 @@ proptest! {
 /// relative, as documented.
 #[test]
 fn finite_difference_operator_is_accurate() {
-    for kind in ModelKind::all() {
+    for &kind in ModelKind::ALL {
         let inst = kind.instance(1).unwrap();
         let obj = inst.objective();
         let fd = FiniteDifferenceHessian { objective: obj, theta: inst.theta0.clone() };

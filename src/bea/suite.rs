@@ -9,13 +9,13 @@ use super::{
     gd_global_order, gd_local_order, momentum_coefficient, momentum_coefficient_claim, sgd_coefficient_asymptotic,
     sgd_epoch_order,
 };
-use crate::Result;
 use crate::data::fashion_mnist;
 use crate::derivative_check::geometric_steps;
 use crate::integrate::AdaptiveParams;
 use crate::models::{self, Activation, ModelInstance, ModelKind, OutputLoss};
 use crate::objective::{FiniteSum, Minibatch, Objective};
 use crate::optim::Momentum;
+use crate::{Choice, Result};
 
 /// A model the suite runs on, with its name in the output.
 pub struct SuiteModel {
@@ -176,7 +176,7 @@ fn row(
 pub fn suite_models(kinds: &[ModelKind], fashion_mnist: bool, seed: u64) -> Result<Vec<SuiteModel>> {
     let mut out = Vec::new();
     for &kind in kinds {
-        out.push(SuiteModel { name: kind.name(), instance: kind.instance(seed)? });
+        out.push(SuiteModel { name: kind.name().into(), instance: kind.instance(seed)? });
     }
     if fashion_mnist {
         let data = fashion_mnist::load(

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use fullbatch::Choice;
 use fullbatch::bea::{GdFlow, SuiteParams, expansion_rate, local_order_curve};
 use fullbatch::data;
 use fullbatch::derivative_check::{DerivativeCheckParams, check_model};
@@ -70,7 +71,7 @@ fn sharpness_data(seed: u64) -> Result<SharpnessFigureData> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let started = std::time::Instant::now();
-    let kinds = ModelKind::all();
+    let kinds = ModelKind::ALL.to_vec();
     let bar = ProgressBar::new(kinds.len() as u64)
         .with_style(ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg}")?.progress_chars("=> "));
     bar.set_prefix("derivatives");
@@ -78,7 +79,7 @@ fn main() -> Result<()> {
     let mut reports = Vec::new();
     for kind in kinds {
         bar.set_message(kind.name());
-        reports.push((kind.name(), check_model(kind, cli.seed, &params)?));
+        reports.push((kind.name().to_string(), check_model(kind, cli.seed, &params)?));
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -98,7 +99,7 @@ fn main() -> Result<()> {
             .into_iter()
             .map(|flow| Ok((flow, local_order_curve(obj, inst.theta0.view(), flow, tau, &suite)?)))
             .collect::<Result<Vec<_>>>()?;
-        bea_curves.push((kind.name(), tau, curves));
+        bea_curves.push((kind.name().to_string(), tau, curves));
         bar.inc(1);
     }
     bar.finish_and_clear();

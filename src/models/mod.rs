@@ -10,13 +10,12 @@ mod quadratic;
 pub use network::{Activation, Network, NetworkSpec, OutputLoss, ParameterBlock};
 pub use quadratic::{Quadratic, random_orthogonal};
 
-use clap::ValueEnum;
 use ndarray::Array1;
 use serde::Serialize;
 
-use crate::Result;
 use crate::data::{self, Dataset};
 use crate::objective::{FiniteSum, Objective};
+use crate::{Choice, Result};
 
 /// Linear least squares $\frac1{2n}\|XW^\top + \mathbf 1 b^\top - Y\|^2$.
 ///
@@ -100,7 +99,7 @@ pub fn deep_linear(data: &Dataset, hidden: &[usize], outputs: usize) -> Result<N
 }
 
 /// The catalogue of toy models, each with a small default instance on seeded synthetic data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ModelKind {
     /// Indefinite 12-dimensional quadratic with eigenvalues evenly spread over [-1, 10].
@@ -162,17 +161,49 @@ impl ModelInstance {
     }
 }
 
+impl Choice for ModelKind {
+    const WHAT: &'static str = "model";
+    const ALL: &'static [Self] = &[
+        ModelKind::Quadratic,
+        ModelKind::LeastSquares,
+        ModelKind::Logistic,
+        ModelKind::Softmax,
+        ModelKind::MlpTanhMse,
+        ModelKind::MlpSoftplusCe,
+        ModelKind::MlpGeluCe,
+        ModelKind::DeepLinear,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            ModelKind::Quadratic => "quadratic",
+            ModelKind::LeastSquares => "least-squares",
+            ModelKind::Logistic => "logistic",
+            ModelKind::Softmax => "softmax",
+            ModelKind::MlpTanhMse => "mlp-tanh-mse",
+            ModelKind::MlpSoftplusCe => "mlp-softplus-ce",
+            ModelKind::MlpGeluCe => "mlp-gelu-ce",
+            ModelKind::DeepLinear => "deep-linear",
+        }
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            ModelKind::Quadratic => "Indefinite 12-dimensional quadratic with eigenvalues evenly spread over [-1, 10]",
+            ModelKind::LeastSquares => "Least squares, 8 inputs to 3 outputs, teacher-student data",
+            ModelKind::Logistic => "Binary logistic regression on a 2-class Gaussian mixture in 6 dimensions",
+            ModelKind::Softmax => "Softmax regression on a 4-class Gaussian mixture in 6 dimensions",
+            ModelKind::MlpTanhMse => "Tanh MLP 6-10-3 with squared error on teacher-student regression",
+            ModelKind::MlpSoftplusCe => "Softplus MLP 6-8-4 with cross-entropy on a 4-class teacher-student task",
+            ModelKind::MlpGeluCe => {
+                "GELU MLP 6-8-6-4 (two hidden layers) with cross-entropy on a 4-class Gaussian mixture"
+            }
+            ModelKind::DeepLinear => "Deep linear network 6-5-5-4 on rank-2 regression (matrix factorisation)",
+        }
+    }
+}
+
 impl ModelKind {
-    /// Every model, in catalogue order.
-    pub fn all() -> Vec<ModelKind> {
-        ModelKind::value_variants().to_vec()
-    }
-
-    /// The command-line name.
-    pub fn name(self) -> String {
-        self.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
-    }
-
     /// The default instance, with data and starting point drawn from `seed`.
     ///
     /// # Errors

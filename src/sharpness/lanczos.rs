@@ -12,7 +12,7 @@ use super::LinearOperator;
 use crate::{Error, Result};
 
 /// Which end of the spectrum to compute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Which {
     /// The largest (algebraic) eigenvalues.
@@ -21,6 +21,27 @@ pub enum Which {
     Smallest,
     /// The eigenvalues of largest magnitude.
     LargestMagnitude,
+}
+
+impl crate::Choice for Which {
+    const WHAT: &'static str = "which";
+    const ALL: &'static [Self] = &[Which::Largest, Which::Smallest, Which::LargestMagnitude];
+
+    fn name(self) -> &'static str {
+        match self {
+            Which::Largest => "largest",
+            Which::Smallest => "smallest",
+            Which::LargestMagnitude => "largest-magnitude",
+        }
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            Which::Largest => "The largest (algebraic) eigenvalues",
+            Which::Smallest => "The smallest (algebraic) eigenvalues",
+            Which::LargestMagnitude => "The eigenvalues of largest magnitude",
+        }
+    }
 }
 
 impl Which {

@@ -75,7 +75,7 @@ pub struct FiniteDifferenceHessian<'a, O: ?Sized> {
 impl<O: Objective + ?Sized> FiniteDifferenceHessian<'_, O> {
     /// The absolute difference step $\varepsilon$ used at this point.
     pub fn step(&self) -> f64 {
-        crate::objective::third_derivative_step() * (1.0 + self.theta.iter().fold(0.0f64, |m, x| m.max(x.abs())))
+        crate::objective::central_difference_step(self.theta.view())
     }
 }
 
@@ -84,14 +84,6 @@ impl<O: Objective + ?Sized> LinearOperator for FiniteDifferenceHessian<'_, O> {
         self.objective.dim()
     }
     fn apply(&self, v: ArrayView1<f64>) -> Array1<f64> {
-        let norm = v.dot(&v).sqrt();
-        if norm == 0.0 {
-            return Array1::zeros(self.dim());
-        }
-        let eps = self.step();
-        let dv = &v * (eps / norm);
-        let plus = self.objective.gradient((&self.theta + &dv).view());
-        let minus = self.objective.gradient((&self.theta - &dv).view());
-        (plus - minus) * (norm / (2.0 * eps))
+        crate::objective::central_difference_along(|t| self.objective.gradient(t), self.theta.view(), v)
     }
 }
