@@ -37,6 +37,7 @@ pub mod objective;
 pub mod optim;
 pub mod plot;
 pub mod provenance;
+pub mod run_dir;
 pub mod sharpness;
 pub mod stats;
 

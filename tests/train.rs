@@ -6,7 +6,7 @@
 //! Run in release: burn's kernels are compiled in this crate and are very slow in debug builds.
 #![cfg(feature = "burn")]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -298,23 +298,6 @@ fn bad_configs_are_rejected_naming_the_key() {
     std::fs::write(&path, adding("optimizer", "lrate = 0.1")).unwrap();
     let msg = RunConfig::load(&path).unwrap_err().to_string();
     assert!(msg.contains("bad.toml") && msg.contains("lrate"), "{msg}");
-}
-
-/// Every shipped configuration loads and validates, and round-trips through the stored form.
-#[test]
-fn shipped_configs_are_valid() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("experiments/cifar10");
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
-            continue;
-        }
-        let config = RunConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(RunConfig::from_toml(&config.to_toml().unwrap()).unwrap(), config, "{}", path.display());
-        n += 1;
-    }
-    assert!(n >= 12, "only {n} configs in {}", dir.display());
 }
 
 /// The command line: train two steps, stop, resume to the end.

@@ -8,7 +8,7 @@
 //! - [`resnet`]: the CIFAR variant of ResNet-18 ([`resnet::ResNetConfig`], [`resnet::ResNet`]).
 //! - [`train`]: training primitives as functions of a model, data tensors and plain numbers.
 //! - [`config`]: run configurations (TOML, validated: unknown keys and impossible values are
-//!   errors naming the key).
+//!   errors naming the key); defined in [`crate::run_dir`], which builds without burn.
 //! - [`run`]: the training loop of `fullbatch train`: run directory, JSONL log, atomic
 //!   checkpoints, exact resume from (seed, step)-derived randomness, divergence and Ctrl-C
 //!   handling; and the device checks (gradient agreement between backends, throughput).
@@ -28,7 +28,7 @@
 //! explicit seed, on the host, and uploaded; shuffles take explicit seeds too.
 
 pub mod bench;
-pub mod config;
+pub use crate::run_dir::config;
 pub mod device;
 pub mod resnet;
 pub mod run;

@@ -85,7 +85,7 @@ use ndarray_linalg::{Eigh, UPLO};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::Batch;
 use super::resnet::{BasicBlock, ResNet};
@@ -93,27 +93,7 @@ use super::train::{BlockOrder, FullBatchOptions, ImageClassifier, full_batch_gra
 use crate::sharpness::{LanczosParams, LinearOperator, Which, lanczos};
 use crate::{Error, Result};
 
-/// The default relative finite-difference step: $\varepsilon = 10^{-3}\max(\lVert\theta\rVert, 1)$
-/// (see the module documentation).
-pub const DEFAULT_EPS_REL: f64 = 1e-3;
-
-/// The default Lanczos tolerance on the relative true residual. The eigenvalue itself is more
-/// accurate, about $(\text{tol}\,\lambda)^2/\text{gap}$ (plus the operator error).
-pub const DEFAULT_TOL: f64 = 1e-2;
-
-/// The default budget of Hessian-vector products per measurement.
-pub const DEFAULT_MAX_HVPS: usize = 100;
-
-/// How BatchNorm layers normalise while the Hessian is measured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum BatchNormMode {
-    /// Batch statistics of every block (the loss full-batch training sees).
-    #[default]
-    Train,
-    /// The running statistics (the loss of the inference model).
-    Eval,
-}
+pub use crate::run_dir::config::{BatchNormMode, DEFAULT_EPS_REL, DEFAULT_MAX_HVPS, DEFAULT_TOL};
 
 /// A model whose Hessian [`NetworkHessian`] can take: it gives, at its own parameters, a
 /// network to differentiate with BatchNorm in a given [`BatchNormMode`] and, where the model has

@@ -20,11 +20,11 @@ use crate::{Error, Result};
 pub struct PaperRow {
     /// The configuration's `name` (`experiments/cifar10/<config>.toml`).
     pub config: &'static str,
-    /// The axis label: the name and the paper's number (or that paper.md gives none).
+    /// The axis label: the name and the paper's number (or that none is used here).
     pub label: &'static str,
     /// Whether the row trains with data augmentation.
     pub augmentation: bool,
-    /// The paper's validation accuracy in %, when `shared/reference/paper.md` states it.
+    /// The paper's validation accuracy in %, where this project has checked it.
     pub accuracy: Option<f64>,
 }
 
@@ -35,14 +35,15 @@ const fn row(config: &'static str, label: &'static str, augmentation: bool, accu
 /// The paper's ResNet-18 / CIFAR-10 validation accuracies (%), last evaluation, one entry per
 /// CIFAR-10 configuration of `experiments/cifar10/`.
 ///
-/// Numbers: `shared/reference/paper.md`, "Headline numbers (ResNet-18, CIFAR-10, validation
-/// accuracy %)": SGD baseline 95.70 / without augmentation 84.32; naive full batch 75.42; full
-/// batch, longer training + warmup 87.36; full batch + clipping + regulariser + 32-sample
-/// BN/blocks 95.67 / without augmentation 89.17. The last row's settings (clipping, the
-/// regulariser, blocks of 32) are those of "FB strong reg" in paper.md's table of rows, i.e.
-/// `fb5-strong-reg`; paper.md says the figures of "FB clipped", "FB regularized" and
-/// "FB in practice" were not confirmed, so those rows, the other rows without augmentation and
-/// the fixed-augmentation rows have no number here.
+/// Numbers: J. Geiping et al., "Stochastic Training is Not Necessary for Generalization" (ICLR
+/// 2022, arXiv 2109.14119), ResNet-18 on CIFAR-10, validation accuracy %: SGD baseline 95.70 /
+/// without augmentation 84.32; naive full batch 75.42; full batch, longer training + warmup
+/// 87.36; full batch + clipping + regulariser + 32-sample BN/blocks 95.67 / without augmentation
+/// 89.17. The last row's settings (clipping, the regulariser, blocks of 32) are those of "FB
+/// strong reg" in the official code's configurations, i.e. `fb5-strong-reg`. The paper's
+/// figures for "FB clipped", "FB regularized" and "FB in practice" have not been checked here,
+/// so those rows, the other rows without augmentation and the fixed-augmentation rows have no
+/// number here.
 pub const PAPER_ROWS: [PaperRow; 16] = [
     row("sgd", "sgd  (paper 95.70)", true, Some(95.70)),
     row("sgd-noaug", "sgd-noaug  (paper 84.32)", false, Some(84.32)),
@@ -50,16 +51,16 @@ pub const PAPER_ROWS: [PaperRow; 16] = [
     row("fb1-naive-noaug", "fb1-naive-noaug  (no paper number)", false, None),
     row("fb2-longer", "fb2-longer  (paper 87.36)", true, Some(87.36)),
     row("fb2-longer-noaug", "fb2-longer-noaug  (no paper number)", false, None),
-    row("fb3-clip", "fb3-clip  (not in paper.md)", true, None),
+    row("fb3-clip", "fb3-clip  (paper number not checked)", true, None),
     row("fb3-clip-noaug", "fb3-clip-noaug  (no paper number)", false, None),
-    row("fb4-reg", "fb4-reg  (not in paper.md)", true, None),
+    row("fb4-reg", "fb4-reg  (paper number not checked)", true, None),
     row("fb4-reg-noaug", "fb4-reg-noaug  (no paper number)", false, None),
     row("fb5-strong-reg", "fb5-strong-reg  (paper 95.67)", true, Some(95.67)),
     row("fb5-strong-reg-noaug", "fb5-strong-reg-noaug  (paper 89.17)", false, Some(89.17)),
-    row("fb6-in-practice", "fb6-in-practice  (not in paper.md)", true, None),
+    row("fb6-in-practice", "fb6-in-practice  (paper number not checked)", true, None),
     row("fb6-in-practice-noaug", "fb6-in-practice-noaug  (no paper number)", false, None),
-    row("fb6-in-practice-fixed10", "fb6-in-practice-fixed10  (not in paper.md)", true, None),
-    row("fb6-in-practice-fixed40", "fb6-in-practice-fixed40  (not in paper.md)", true, None),
+    row("fb6-in-practice-fixed10", "fb6-in-practice-fixed10  (paper number not checked)", true, None),
+    row("fb6-in-practice-fixed40", "fb6-in-practice-fixed40  (paper number not checked)", true, None),
 ];
 
 /// Blank rows below the last category of each panel: room for the legend.
@@ -326,7 +327,7 @@ fn note_lines(prefix: &str, names: &[&str], width: usize) -> Vec<Series> {
 pub fn cifar_results_figure(runs: &[CifarRun]) -> Figure {
     let palette = [0usize, 1, 2, 3, 4, 5];
     let mut main = vec![Series {
-        label: "paper (Geiping et al. 2022, as in paper.md)".into(),
+        label: "paper (Geiping et al., ICLR 2022)".into(),
         points: PAPER_ROWS.iter().enumerate().filter_map(|(i, r)| Some((r.accuracy?, i as f64))).collect(),
         color: 7,
         mark: Mark::Points,

@@ -9,6 +9,7 @@
 //!
 //! # Schema
 //! ```toml
+//! base = "fb5-strong-reg.toml" # optional: start from this file (relative path) and override its keys
 //! name = "fb-strong-reg"      # free text, used in logs
 //! seed = 0                    # every random draw of the run derives from it
 //! eval_every = 100            # steps (epochs in SGD mode) between evaluations; the last step is always evaluated
@@ -71,6 +72,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+/// The default relative finite-difference step: $\varepsilon = 10^{-3}\max(\lVert\theta\rVert, 1)$
+/// (see the module documentation).
+pub const DEFAULT_EPS_REL: f64 = 1e-3;
+
+/// The default Lanczos tolerance on the relative true residual. The eigenvalue itself is more
+/// accurate, about $(\text{tol}\,\lambda)^2/\text{gap}$ (plus the operator error).
+pub const DEFAULT_TOL: f64 = 1e-2;
+
+/// The default budget of Hessian-vector products per measurement.
+pub const DEFAULT_MAX_HVPS: usize = 100;
+
+/// How BatchNorm layers normalise while the Hessian is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchNormMode {
+    /// Batch statistics of every block (the loss full-batch training sees).
+    #[default]
+    Train,
+    /// The running statistics (the loss of the inference model).
+    Eval,
+}
+
 /// One experiment, as read from its TOML file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,7 +128,7 @@ pub struct RunConfig {
 }
 
 /// `[sharpness]`: measure $\lambda_{\max}$ of the Hessian of the training loss every `every`
-/// steps (epochs in SGD mode) with [`super::sharpness::network_lambda_max`], on the first
+/// steps (epochs in SGD mode) with `deep::sharpness::network_lambda_max`, on the first
 /// `max_images` un-augmented training images in blocks of the run's block size (`batch_size` in
 /// SGD mode); results go to the log (`lambda_max`, `lambda_residual`, `lambda_hvps`,
 /// `lambda_s`).
@@ -116,7 +139,7 @@ pub struct SharpnessConfig {
     pub every: usize,
     /// How BatchNorm normalises during the measurement (default `train`).
     #[serde(default)]
-    pub bn_mode: super::sharpness::BatchNormMode,
+    pub bn_mode: BatchNormMode,
     /// Measure on the first this many un-augmented training images (default: all of them).
     #[serde(default)]
     pub max_images: Option<usize>,
@@ -136,7 +159,7 @@ impl SharpnessConfig {
     pub fn every(every: usize) -> Self {
         SharpnessConfig {
             every,
-            bn_mode: super::sharpness::BatchNormMode::default(),
+            bn_mode: BatchNormMode::default(),
             max_images: None,
             tol: default_sharpness_tol(),
             max_hvps: default_sharpness_max_hvps(),
@@ -146,15 +169,15 @@ impl SharpnessConfig {
 }
 
 fn default_sharpness_tol() -> f64 {
-    super::sharpness::DEFAULT_TOL
+    DEFAULT_TOL
 }
 
 fn default_sharpness_max_hvps() -> usize {
-    super::sharpness::DEFAULT_MAX_HVPS
+    DEFAULT_MAX_HVPS
 }
 
 fn default_sharpness_eps_rel() -> f64 {
-    super::sharpness::DEFAULT_EPS_REL
+    DEFAULT_EPS_REL
 }
 
 fn default_eval_batch_size() -> usize {
@@ -236,7 +259,7 @@ pub struct AugmentationConfig {
     pub fixed_copies: Option<usize>,
 }
 
-/// `[model]`: a CIFAR ResNet ([`super::resnet::ResNetConfig`]); channels and classes come from
+/// `[model]`: a CIFAR ResNet (`deep::resnet::ResNetConfig`); channels and classes come from
 /// the data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -264,7 +287,7 @@ pub enum Mode {
         clip: Option<f64>,
     },
     /// Full-batch gradient descent: every step's gradient is the mean over all training images,
-    /// computed in blocks ([`super::train::full_batch_step`]).
+    /// computed in blocks (`deep::train::full_batch_step`).
     FullBatch {
         /// Number of updates.
         steps: usize,
@@ -284,7 +307,7 @@ pub enum Mode {
 }
 
 /// `[optimizer]`: SGD with momentum (dampening 0), coupled weight decay, linear warmup from 0
-/// and cosine annealing ([`super::train::WarmupCosine`]).
+/// and cosine annealing (`deep::train::WarmupCosine`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OptimizerConfig {
@@ -309,9 +332,20 @@ impl RunConfig {
     /// [`Error::Io`] if it cannot be read; [`Error::BadFile`] naming the file for TOML syntax,
     /// unknown keys, missing keys and wrong types (the message names the key and shows the
     /// line); [`Error::InvalidParameter`] from [`RunConfig::validate`].
+    ///
+    /// A file may name a base configuration, `base = "fb2-longer.toml"` (relative to the file's
+    /// directory): the base is read first (itself possibly with a base) and the file's keys
+    /// override it (see [`resolved_table`]). The result is one complete, checked configuration;
+    /// a run directory stores that, not the chain of files.
     pub fn load(path: &Path) -> Result<RunConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let config: RunConfig = toml::from_str(&text).map_err(|e| Error::bad_file(path, e.to_string()))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| Error::bad_file(path, e.to_string()))?;
+        let config: RunConfig = if table.contains_key(BASE_KEY) {
+            resolved_table(path)?.try_into().map_err(|e: toml::de::Error| Error::bad_file(path, e.to_string()))?
+        } else {
+            // Parsed from the text again so that errors show the offending line.
+            toml::from_str(&text).map_err(|e| Error::bad_file(path, e.to_string()))?
+        };
         config.validate()?;
         Ok(config)
     }
@@ -512,6 +546,67 @@ impl RunConfig {
             (_, None) => None,
         };
         base.map(|n| n * self.augmentation.fixed_copies.unwrap_or(1))
+    }
+}
+
+/// The key that names a base configuration file.
+pub const BASE_KEY: &str = "base";
+
+/// How many bases one file may stack (a longer chain is almost surely a mistake).
+pub const MAX_BASE_DEPTH: usize = 8;
+
+/// Tables that hold one variant of an enum (`[mode.full_batch]` or `[mode.sgd]`; a dataset name
+/// or `{ synthetic = ... }`): an override naming another variant replaces the base's variant
+/// instead of being merged into it.
+const VARIANT_TABLES: [&str; 2] = ["mode", "dataset"];
+
+/// The TOML table of the configuration file at `path` with its chain of bases merged in: the
+/// base named by `base = "FILE"` (relative to `path`'s directory) is resolved first, then every
+/// key of `path` overrides it. Tables merge key by key, any other value (arrays included)
+/// replaces the base's; in `mode` and `data.dataset` a different variant replaces the base's.
+/// The `base` key itself is removed.
+///
+/// # Errors
+/// [`Error::Io`] naming a file that cannot be read; [`Error::BadFile`] naming the file for TOML
+/// syntax, a `base` that is not a string, a base chain that loops or is deeper than
+/// [`MAX_BASE_DEPTH`].
+pub fn resolved_table(path: &Path) -> Result<toml::Table> {
+    resolve_chain(path, &mut Vec::new())
+}
+
+fn resolve_chain(path: &Path, chain: &mut Vec<std::path::PathBuf>) -> Result<toml::Table> {
+    let canonical = path.canonicalize().map_err(|e| Error::io(path, e))?;
+    if chain.contains(&canonical) {
+        let names: Vec<String> = chain.iter().chain([&canonical]).map(|p| p.display().to_string()).collect();
+        return Err(Error::bad_file(path, format!("the chain of bases loops: {}", names.join(" -> "))));
+    }
+    if chain.len() > MAX_BASE_DEPTH {
+        return Err(Error::bad_file(path, format!("more than {MAX_BASE_DEPTH} bases in a chain")));
+    }
+    chain.push(canonical);
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| Error::bad_file(path, e.to_string()))?;
+    let Some(base) = table.remove(BASE_KEY) else { return Ok(table) };
+    let base = base.as_str().ok_or_else(|| Error::bad_file(path, "`base` must be a file name in quotes"))?;
+    let base_path = path.parent().unwrap_or_else(|| Path::new(".")).join(base);
+    let mut merged = resolve_chain(&base_path, chain)?;
+    merge_into(&mut merged, table);
+    Ok(merged)
+}
+
+/// Merges `over` into `base`: tables key by key, any other value replaces.
+fn merge_into(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o))
+                if !(VARIANT_TABLES.contains(&key.as_str()) && o.keys().any(|k| !b.contains_key(k))) =>
+            {
+                merge_into(b, o);
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
     }
 }
 

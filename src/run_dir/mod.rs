@@ -1,0 +1,183 @@
+//! The run-directory format of `fullbatch train`, readable without burn (figures, analyses):
+//!
+//! | file | content | type |
+//! |---|---|---|
+//! | `config.toml` | the resolved configuration | [`config::RunConfig`] |
+//! | `run.json` | name, seed, commit, device, backend, sizes | [`RunInfo`] |
+//! | `log.jsonl` | one line per step (per epoch in SGD mode) | [`LogEntry`] |
+//! | `segments.jsonl` | one line per process that worked on the run | [`SegmentRecord`] |
+//! | `checkpoints/latest` | the name of the newest checkpoint, `step-NNNNNN` | [`latest_checkpoint`] |
+//!
+//! The training loop that writes these is `deep::run` (feature `burn`).
+
+pub mod config;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+use config::RunConfig;
+
+/// One line of `segments.jsonl`: the part of a run one process did (a fresh start or a resume).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SegmentRecord {
+    /// Steps (epochs) done when the process started.
+    pub start_step: usize,
+    /// Steps (epochs) done when it ended.
+    pub end_step: usize,
+    /// How it ended: `finished`, `stopped` (stop request or `--max-steps`), or `error: ...`.
+    pub outcome: String,
+    /// The backend.
+    pub backend: String,
+    /// The device description.
+    pub device: String,
+    /// The git commit of the binary's source (see [`crate::provenance::git_commit`]).
+    pub git_commit: String,
+    /// Seconds since the Unix epoch at the process's start of work on the run.
+    pub started_unix_s: u64,
+    /// Seconds of the first step of the process (evaluation excluded): the warm-up, which on a
+    /// GPU includes compiling or loading the kernels.
+    pub first_step_s: Option<f64>,
+    /// Seconds of the first evaluation of the process (its kernels compile then).
+    pub first_eval_s: Option<f64>,
+    /// The median `step_s` of the later steps: the steady state.
+    pub steady_step_s: Option<f64>,
+    /// The number of later steps behind `steady_step_s`.
+    pub steady_steps: usize,
+    /// The kernel-cache directory, if the backend compiles kernels.
+    pub kernel_cache: Option<PathBuf>,
+    /// Kernels in the cache when the process started.
+    pub kernels_cached_before: Option<usize>,
+    /// Kernels the process compiled (added to the cache) during its first step and evaluation.
+    pub kernels_compiled_warmup: Option<usize>,
+    /// Kernels the process compiled in all.
+    pub kernels_compiled: Option<usize>,
+}
+
+/// Reads `segments.jsonl` of a run directory (empty when the file does not exist).
+///
+/// # Errors
+/// [`Error::Io`] if it cannot be read; [`Error::BadFile`] naming the line that is not a
+/// [`SegmentRecord`].
+pub fn read_segments(dir: &Path) -> Result<Vec<SegmentRecord>> {
+    let path = dir.join("segments.jsonl");
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::bad_file(&path, format!("line {}: {e}", i + 1))))
+        .collect()
+}
+
+/// One line of `log.jsonl`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Updates done (full batch) or epochs done (SGD) after this step: 1 for the first line.
+    pub step: usize,
+    /// The learning rate of this step's update(s).
+    pub lr: f64,
+    /// Training loss: the mean block loss before the update (full batch), or the mean minibatch
+    /// loss over the epoch (SGD); BatchNorm in training mode, on the augmented images.
+    pub train_loss: f64,
+    /// The mean minibatch accuracy over the epoch (SGD only).
+    pub train_acc: Option<f64>,
+    /// The global norm of the gradient before clipping (full batch: of the regularised full
+    /// gradient; SGD: the mean over the epoch's minibatches).
+    pub grad_norm: f64,
+    /// The mean squared norm of the unregularised block gradients, $\frac1K\sum_k\lVert\nabla L_k\rVert^2$ (full batch).
+    pub mean_block_grad_sq_norm: Option<f64>,
+    /// The regulariser's value as the update implements it, $\alpha\frac{\eta_t}{8}\frac1K\sum_k\lVert\nabla L_k\rVert^2$
+    /// (the official code logs twice this, with $\eta_t/4$); `None` without regulariser.
+    pub regulariser: Option<f64>,
+    /// The factor clipping applied (1 if not clipped; SGD: the mean over minibatches).
+    pub clip_factor: f64,
+    /// Loss of the inference model (running BatchNorm statistics) on the un-augmented training
+    /// images, at evaluation steps.
+    pub eval_train_loss: Option<f64>,
+    /// Accuracy of the same.
+    pub eval_train_acc: Option<f64>,
+    /// Loss of the inference model on the test images, at evaluation steps.
+    pub test_loss: Option<f64>,
+    /// Accuracy of the same.
+    pub test_acc: Option<f64>,
+    /// Seconds since the run started (all segments of a resumed run together).
+    pub wall_s: f64,
+    /// Seconds of this step (evaluation excluded).
+    pub step_s: f64,
+    /// Training images processed per second in this step (gradient images / `step_s`).
+    pub images_per_s: f64,
+    /// $\lambda_{\max}$ of the Hessian of the training loss after this step's update, at
+    /// sharpness steps (`[sharpness]`).
+    pub lambda_max: Option<f64>,
+    /// The true residual $\lVert Hv - \lambda v\rVert$ of its unit eigenvector.
+    pub lambda_residual: Option<f64>,
+    /// Hessian-vector products the measurement used (two full-batch gradients each).
+    pub lambda_hvps: Option<usize>,
+    /// Seconds of the measurement (not in `step_s`).
+    pub lambda_s: Option<f64>,
+}
+
+/// The fields of [`LogEntry`] that depend on time, not on the computation.
+pub const WALL_TIME_FIELDS: [&str; 4] = ["wall_s", "step_s", "images_per_s", "lambda_s"];
+
+/// What `run.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// The configuration's name.
+    pub name: String,
+    /// The run seed.
+    pub seed: u64,
+    /// `git rev-parse HEAD` (with `-dirty` if the tree has changes), `FULLBATCH_GIT_COMMIT`, or
+    /// `unknown`.
+    pub git_commit: String,
+    /// The device description.
+    pub device: String,
+    /// The backend.
+    pub backend: String,
+    /// The crate version.
+    pub version: String,
+    /// Training images per step (after subsets and fixed copies).
+    pub train_images: usize,
+    /// Test images.
+    pub test_images: usize,
+    /// Trainable parameters of the model.
+    pub parameters: usize,
+    /// Seconds since the Unix epoch when the run (first segment) started.
+    pub started_unix_s: u64,
+}
+
+/// Reads a [`RunConfig`] stored in a run directory (`config.toml`).
+///
+/// # Errors
+/// As [`RunConfig::load`].
+pub fn stored_config(dir: &Path) -> Result<RunConfig> {
+    RunConfig::load(&dir.join("config.toml"))
+}
+
+/// The newest checkpoint of a run directory and its step, if any.
+///
+/// # Errors
+/// [`Error::Io`] if `checkpoints/latest` exists but cannot be read; [`Error::BadFile`] if it
+/// names no checkpoint.
+pub fn latest_checkpoint(dir: &Path) -> Result<Option<(PathBuf, usize)>> {
+    let latest = dir.join("checkpoints").join("latest");
+    if !latest.exists() {
+        return Ok(None);
+    }
+    let name = fs::read_to_string(&latest).map_err(|e| Error::io(&latest, e))?;
+    let name = name.trim();
+    let step = name
+        .strip_prefix("step-")
+        .and_then(|s| s.parse::<usize>().ok())
+        .ok_or_else(|| Error::bad_file(&latest, format!("`{name}` is not a checkpoint name (step-NNNNNN)")))?;
+    let path = dir.join("checkpoints").join(name);
+    if !path.is_dir() {
+        return Err(Error::bad_file(&latest, format!("names {} which does not exist", path.display())));
+    }
+    Ok(Some((path, step)))
+}
