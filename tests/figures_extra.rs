@@ -42,13 +42,13 @@ fn log_line(step: usize, test_acc: Option<f64>) -> String {
     .to_string()
 }
 
-/// Writes a run directory as `fullbatch train` does: `config.toml` (here the committed
-/// experiment file, which has the same keys as the resolved configuration), `run.json` with
-/// every field of `deep::run::RunInfo`, and `log.jsonl`.
+/// Writes a run directory as `fullbatch train` does: `config.toml` (the committed experiment
+/// file, resolved), `run.json` with every field of `run_dir::RunInfo`, and `log.jsonl`.
 fn write_run(dir: &Path, experiment: &str, lines: &[String]) {
     std::fs::create_dir_all(dir).unwrap();
     let config = repo().join("experiments/cifar10").join(format!("{experiment}.toml"));
-    std::fs::copy(&config, dir.join("config.toml")).unwrap();
+    let resolved = fullbatch::run_dir::config::RunConfig::load(&config).unwrap().to_toml().unwrap();
+    std::fs::write(dir.join("config.toml"), resolved).unwrap();
     let info = json!({
         "name": experiment,
         "seed": 0,

@@ -1,17 +1,15 @@
 //! The CIFAR-10 results table of Geiping et al. (ICLR 2022) as a chart: the paper's validation
 //! accuracies beside ours, read from the run directories that `fullbatch train` writes.
 //!
-//! A run directory (see `src/deep/run.rs`) holds `config.toml` (the resolved configuration),
-//! `run.json` (name, seed, `git_commit`, ...) and `log.jsonl` (one JSON object per logged step,
-//! with `step` and, at evaluation steps, `test_acc` as a fraction in $[0, 1]$). This module reads
-//! only the fields it needs, with `serde_json` and `toml`, so it builds without the `burn`
-//! feature.
+//! A run directory holds `config.toml` (the resolved configuration), `run.json` (name, seed,
+//! `git_commit`, ...) and `log.jsonl` (one JSON object per logged step, with `step` and, at
+//! evaluation steps, `test_acc` as a fraction in $[0, 1]$). This module reads them through the
+//! typed run-directory format of [`crate::run_dir`], which builds without the `burn` feature.
 
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
 use crate::plot::{Figure, Legend, Mark, Panel, Scale, Series};
+use crate::run_dir;
 use crate::{Error, Result};
 
 /// One row of the paper's table, keyed by the name of its configuration in
@@ -151,98 +149,35 @@ pub fn paper_row(config: &str) -> Option<(usize, &'static PaperRow)> {
     PAPER_ROWS.iter().enumerate().find(|(_, r)| r.config == config)
 }
 
-fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
-}
-
-/// Reads the run in `dir`; `dir` must hold `run.json`.
+/// Reads the run in `dir`; `dir` must hold `run.json`. The files are read through the
+/// run-directory types of [`crate::run_dir`].
 ///
 /// # Errors
 /// [`Error::Io`] for a missing or unreadable file; [`Error::BadFile`] naming the file (and for
 /// `log.jsonl` the line) whose contents are not in the run-directory format.
 pub fn read_cifar_run(dir: &Path) -> Result<CifarRun> {
-    let info_path = dir.join("run.json");
-    let info: Value =
-        serde_json::from_str(&read_text(&info_path)?).map_err(|e| Error::bad_file(&info_path, e.to_string()))?;
-    let commit = info
-        .get("git_commit")
-        .and_then(Value::as_str)
-        .ok_or_else(|| Error::bad_file(&info_path, "no string field git_commit"))?
-        .to_string();
-
+    let info = run_dir::read_run_info(dir)?;
     let config_path = dir.join("config.toml");
-    let config: toml::Table =
-        read_text(&config_path)?.parse().map_err(|e: toml::de::Error| Error::bad_file(&config_path, e.to_string()))?;
-    let bad_config = |field: &str| Error::bad_file(&config_path, format!("missing or invalid {field}"));
-    let name = config.get("name").and_then(toml::Value::as_str).ok_or_else(|| bad_config("name"))?.to_string();
-    let data = config.get("data").and_then(toml::Value::as_table).ok_or_else(|| bad_config("[data]"))?;
-    let dataset = match data.get("dataset") {
-        Some(toml::Value::String(s)) => s.clone(),
-        Some(toml::Value::Table(t)) if t.len() == 1 => t.keys().next().cloned().unwrap_or_default(),
-        _ => return Err(bad_config("data.dataset")),
-    };
-    let count = |table: &toml::Table, key: &str| -> Result<Option<usize>> {
-        match table.get(key) {
-            None => Ok(None),
-            Some(v) => v.as_integer().and_then(|i| usize::try_from(i).ok()).map(Some).ok_or_else(|| bad_config(key)),
-        }
-    };
-    let train_subset = count(data, "train_subset")?;
-    let test_subset = count(data, "test_subset")?;
-    let aug = config.get("augmentation").and_then(toml::Value::as_table).ok_or_else(|| bad_config("[augmentation]"))?;
-    let augmentation =
-        aug.get("enabled").and_then(toml::Value::as_bool).ok_or_else(|| bad_config("augmentation.enabled"))?;
-    let fixed_copies = count(aug, "fixed_copies")?;
-    let mode = config.get("mode").and_then(toml::Value::as_table).ok_or_else(|| bad_config("[mode]"))?;
-    let steps_planned = if let Some(fb) = mode.get("full_batch").and_then(toml::Value::as_table) {
-        count(fb, "steps")?.ok_or_else(|| bad_config("mode.full_batch.steps"))?
-    } else if let Some(sgd) = mode.get("sgd").and_then(toml::Value::as_table) {
-        count(sgd, "epochs")?.ok_or_else(|| bad_config("mode.sgd.epochs"))?
-    } else {
-        return Err(bad_config("mode (full_batch or sgd)"));
-    };
-
-    let log_path = dir.join("log.jsonl");
-    let mut steps_done = 0;
-    let mut last_test_acc = None;
-    let mut last_eval_step = None;
-    for (i, line) in read_text(&log_path)?.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |problem: String| Error::bad_file(&log_path, format!("line {}: {problem}", i + 1));
-        let entry: Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
-        let step = entry
-            .get("step")
-            .and_then(Value::as_u64)
-            .and_then(|s| usize::try_from(s).ok())
-            .ok_or_else(|| bad("no non-negative integer field step".into()))?;
-        steps_done = steps_done.max(step);
-        match entry.get("test_acc") {
-            None | Some(Value::Null) => {}
-            Some(v) => {
-                let acc = v
-                    .as_f64()
-                    .filter(|a| (0.0..=1.0).contains(a))
-                    .ok_or_else(|| bad(format!("test_acc {v} is not a fraction in [0, 1]")))?;
-                last_test_acc = Some(100.0 * acc);
-                last_eval_step = Some(step);
-            }
-        }
-    }
+    let config = run_dir::stored_config(dir).map_err(|e| match e {
+        Error::InvalidParameter { field, problem } => Error::bad_file(&config_path, format!("{field}: {problem}")),
+        e => e,
+    })?;
+    let log = run_dir::read_log(dir)?;
+    let steps_done = log.iter().map(|e| e.step).max().unwrap_or(0);
+    let last_eval = log.iter().rev().find_map(|e| Some((e.step, e.test_acc?)));
     Ok(CifarRun {
         dir: dir.to_path_buf(),
-        config: name,
-        dataset,
-        train_subset,
-        test_subset,
-        augmentation,
-        fixed_copies,
+        config: config.name.clone(),
+        dataset: config.data.dataset.name().to_string(),
+        train_subset: config.data.train_subset,
+        test_subset: config.data.test_subset,
+        augmentation: config.augmentation.enabled,
+        fixed_copies: config.augmentation.fixed_copies,
         steps_done,
-        steps_planned,
-        last_test_acc,
-        last_eval_step,
-        commit,
+        steps_planned: config.total_steps(),
+        last_test_acc: last_eval.map(|(_, acc)| 100.0 * acc),
+        last_eval_step: last_eval.map(|(step, _)| step),
+        commit: info.git_commit,
     })
 }
 

@@ -229,6 +229,17 @@ pub enum Dataset {
     },
 }
 
+impl Dataset {
+    /// The name in configuration files: `cifar10`, `fashion-mnist` or `synthetic`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Dataset::Cifar10 => "cifar10",
+            Dataset::FashionMnist => "fashion-mnist",
+            Dataset::Synthetic { .. } => "synthetic",
+        }
+    }
+}
+
 /// `[data]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -2,10 +2,10 @@
 //!
 //! | file | content | type |
 //! |---|---|---|
-//! | `config.toml` | the resolved configuration | [`config::RunConfig`] |
-//! | `run.json` | name, seed, commit, device, backend, sizes | [`RunInfo`] |
-//! | `log.jsonl` | one line per step (per epoch in SGD mode) | [`LogEntry`] |
-//! | `segments.jsonl` | one line per process that worked on the run | [`SegmentRecord`] |
+//! | `config.toml` | the resolved configuration | [`config::RunConfig`], [`stored_config`] |
+//! | `run.json` | name, seed, commit, device, backend, sizes | [`RunInfo`], [`read_run_info`] |
+//! | `log.jsonl` | one line per step (per epoch in SGD mode) | [`LogEntry`], [`read_log`] |
+//! | `segments.jsonl` | one line per process that worked on the run | [`SegmentRecord`], [`read_segments`] |
 //! | `checkpoints/latest` | the name of the newest checkpoint, `step-NNNNNN` | [`latest_checkpoint`] |
 //!
 //! The training loop that writes these is `deep::run` (feature `burn`).
@@ -66,11 +66,59 @@ pub fn read_segments(dir: &Path) -> Result<Vec<SegmentRecord>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
+    Ok(read_jsonl(&path)?.into_iter().map(|(_, record)| record).collect())
+}
+
+/// Reads `log.jsonl` of a run directory: its lines in file order.
+///
+/// # Errors
+/// [`Error::Io`] if it cannot be read; [`Error::BadFile`] naming the line that is not a
+/// [`LogEntry`] or holds an accuracy outside $[0, 1]$ (accuracies are stored as fractions).
+pub fn read_log(dir: &Path) -> Result<Vec<LogEntry>> {
+    let path = dir.join("log.jsonl");
+    read_jsonl::<LogEntry>(&path)?
+        .into_iter()
+        .map(|(line, entry)| {
+            let accuracies = [
+                ("train_acc", entry.train_acc),
+                ("eval_train_acc", entry.eval_train_acc),
+                ("test_acc", entry.test_acc),
+            ];
+            for (field, value) in accuracies {
+                if let Some(a) = value.filter(|a| !(0.0..=1.0).contains(a)) {
+                    return Err(Error::bad_file(
+                        &path,
+                        format!("line {line}: {field} {a} is not a fraction in [0, 1]"),
+                    ));
+                }
+            }
+            Ok(entry)
+        })
+        .collect()
+}
+
+/// Reads `run.json` of a run directory.
+///
+/// # Errors
+/// [`Error::Io`] if it cannot be read; [`Error::BadFile`] naming the file if it is not a
+/// [`RunInfo`].
+pub fn read_run_info(dir: &Path) -> Result<RunInfo> {
+    let path = dir.join("run.json");
     let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::bad_file(&path, e.to_string()))
+}
+
+/// The non-empty lines of a JSONL file, each with its 1-based line number.
+fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<(usize, T)>> {
+    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::bad_file(&path, format!("line {}: {e}", i + 1))))
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map(|v| (i + 1, v))
+                .map_err(|e| Error::bad_file(path, format!("line {}: {e}", i + 1)))
+        })
         .collect()
 }
 
