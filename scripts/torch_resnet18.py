@@ -18,6 +18,8 @@ Variants timed (all recorded; the burn/torch ratio in gpu-check.sh uses "fp32"):
                   (burn's CUDA backend also runs f32 convolutions on TF32 tensor cores)
   fp32_strict     TF32 off (true fp32 arithmetic)
   bf16_autocast   autocast to bfloat16, channels_last (what a PyTorch user would run for speed)
+  fp32_burn_bn    fp32 with TF32, BatchNorm decomposed into tensor operations as burn 0.21 does it
+                  (BurnLikeBatchNorm2d): how much of burn's gap that decomposition explains
 
 With --full-batch N: one full-batch step over N random images in blocks of --batch, plain and
 with the paper's finite-difference regulariser (two passes per block), fp32/TF32, as
@@ -85,6 +87,35 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class BurnLikeBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm in training mode as burn 0.21's `BatchNorm::forward_train` computes it: separate
+    tensor operations (swap_dims + reshape + mean_dim for the mean, the same over the squared
+    deviation for the variance, then sub, div by sqrt(var + eps), mul, add), differentiated
+    operation by operation by autograd, where nn.BatchNorm2d calls cuDNN's fused kernels. Used by
+    the `fp32_burn_bn` variant to measure what that decomposition costs in PyTorch itself."""
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        n, c = x.shape[0], x.shape[1]
+        flat = lambda t: t.transpose(0, 1).reshape(c, -1)  # noqa: E731
+        mean = flat(x).mean(1).reshape(1, c, 1, 1)
+        var = flat((x - mean).square()).mean(1).reshape(1, c, 1, 1)
+        with torch.no_grad():
+            self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean.reshape(c))
+            self.running_var.mul_(1 - self.momentum).add_(self.momentum * var.reshape(c))
+        out = (x - mean) / (var + self.eps).sqrt()
+        return out * self.weight.reshape(1, c, 1, 1) + self.bias.reshape(1, c, 1, 1)
+
+
+def use_burn_like_batch_norm(model):
+    for name, m in list(model.named_modules()):
+        for child_name, child in list(m.named_children()):
+            if type(child) is nn.BatchNorm2d:
+                setattr(m, child_name, BurnLikeBatchNorm2d(child.num_features).to(child.weight.device))
+    return model
+
+
 def sync(dev):
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -99,6 +130,8 @@ def time_variant(name, width, batch, warmup, iters, device="cuda"):
         torch.backends.cudnn.allow_tf32 = tf32
         torch.backends.cudnn.benchmark = True
     model = ResNet(width).to(dev)
+    if name == "fp32_burn_bn":
+        use_burn_like_batch_norm(model)
     x = torch.randn(batch, 3, 32, 32, device=dev)
     y = torch.randint(0, 10, (batch,), device=dev)
     autocast = name == "bf16_autocast"
@@ -212,13 +245,13 @@ def main():
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--warmup", type=int, default=15)
     p.add_argument("--iters", type=int, default=50)
-    p.add_argument("--variants", help="default: fp32,fp32_strict,bf16_autocast (cuda), fp32 (cpu)")
+    p.add_argument("--variants", help="default: fp32,fp32_strict,bf16_autocast,fp32_burn_bn (cuda), fp32 (cpu)")
     p.add_argument("--full-batch", type=int, default=0, metavar="N",
                    help="instead: time one full-batch step over N images in blocks of --batch, plain and regularised")
     p.add_argument("--json-out")
     a = p.parse_args()
     if a.variants is None:
-        a.variants = "fp32,fp32_strict,bf16_autocast" if a.device == "cuda" else "fp32"
+        a.variants = "fp32,fp32_strict,bf16_autocast,fp32_burn_bn" if a.device == "cuda" else "fp32"
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     if a.device == "cuda":
