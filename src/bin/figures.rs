@@ -11,13 +11,9 @@ use fullbatch::bea::{GdFlow, SuiteParams, expansion_rate, local_order_curve};
 use fullbatch::data;
 use fullbatch::derivative_check::{DerivativeCheckParams, check_model};
 use fullbatch::experiment::{ExperimentConfig, FIGURE_EXPERIMENTS, read_log, run_cached};
-use fullbatch::figures::bea_coefficients::{bea_coefficient_figure, measure_coefficients};
-use fullbatch::figures::cifar_results::{cifar_results_figure, collect_cifar_runs};
-use fullbatch::figures::training::{lr_sweep_figure, modified_flow_figure, spectral_density_figure};
-use fullbatch::figures::{
-    FIGURES, SharpnessFigureData, bea_order_figure, derivative_check_figure, edge_of_stability_figure,
-    generalisation_figure, sharpness_figure,
-};
+use fullbatch::figures::bea_coefficients::measure_coefficients;
+use fullbatch::figures::cifar_results::collect_cifar_runs;
+use fullbatch::figures::{FIGURES, FigureInputs, SharpnessFigureData, ToyExperimentData};
 use fullbatch::models::{self, Activation, ModelKind, OutputLoss};
 use fullbatch::objective::Objective;
 use fullbatch::optim::{OptimizerParams, gradient_descent};
@@ -151,30 +147,29 @@ fn main() -> Result<()> {
             results.data_used
         );
         let log = read_log(&dir)?;
-        experiments.push((results, log));
+        experiments.push(ToyExperimentData { results, log });
     }
 
-    let [(generalisation, generalisation_log), (eos, eos_log), (flows, flows_log), (sweep, _)] = &experiments[..]
+    let Ok([generalisation, edge_of_stability, modified_flow, lr_sweep]) =
+        <[ToyExperimentData; 4]>::try_from(experiments)
     else {
         anyhow::bail!("four toy experiments expected");
     };
     let cifar_runs = collect_cifar_runs(&cli.runs)?;
     println!("CIFAR-10 runs found under {}: {}", cli.runs.display(), cifar_runs.len());
-    // In the order of FIGURES (the registry: names and descriptions).
-    let figures: [_; FIGURES.len()] = [
-        derivative_check_figure(&reports),
-        bea_order_figure(&bea_curves),
-        bea_coefficient_figure(&coefficients),
-        sharpness_figure(&sharpness),
-        generalisation_figure(generalisation, generalisation_log),
-        edge_of_stability_figure(eos, eos_log),
-        modified_flow_figure(flows, flows_log),
-        spectral_density_figure(generalisation),
-        lr_sweep_figure(sweep),
-        cifar_results_figure(&cifar_runs),
-    ];
-    for (entry, fig) in FIGURES.iter().zip(&figures) {
-        for path in render(fig, &cli.out.join(entry.stem))? {
+    let inputs = FigureInputs {
+        derivative_reports: reports,
+        bea_orders: bea_curves,
+        coefficients,
+        sharpness,
+        generalisation,
+        edge_of_stability,
+        modified_flow,
+        lr_sweep,
+        cifar_runs,
+    };
+    for entry in &FIGURES {
+        for path in render(&(entry.build)(&inputs), &cli.out.join(entry.stem))? {
             println!("wrote {}", path.display());
         }
     }

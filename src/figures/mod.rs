@@ -7,16 +7,54 @@ pub mod training;
 
 use crate::bea::{GdFlow, OrderMeasurement};
 use crate::derivative_check::DerivativeReport;
+use crate::experiment::{Evaluation, ExperimentResults};
 use crate::plot::{Figure, Legend, Mark, Panel, Scale, Series};
+use bea_coefficients::{CoefficientFigureData, bea_coefficient_figure};
+use cifar_results::{CifarRun, cifar_results_figure};
+use training::{lr_sweep_figure, modified_flow_figure, spectral_density_figure};
 
-/// One figure of `cargo run --release --bin figures`: its file name (without extension) and what
-/// it shows (the line of `figures/README.md`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One toy experiment's results and evaluation log, as the figures read them.
+#[derive(Debug, Clone)]
+pub struct ToyExperimentData {
+    /// The results (`results.json`).
+    pub results: ExperimentResults,
+    /// The evaluations (`log.jsonl`).
+    pub log: Vec<Evaluation>,
+}
+
+/// Everything the figures are drawn from: computed, or read from the caches, by the figures
+/// binary; a test can fill it too.
+pub struct FigureInputs {
+    /// Derivative checks of the toy models, by model name.
+    pub derivative_reports: Vec<(String, DerivativeReport)>,
+    /// Local order curves of GD against the modified flows.
+    pub bea_orders: Vec<ModelOrderCurves>,
+    /// Measured implicit-regulariser coefficients.
+    pub coefficients: CoefficientFigureData,
+    /// The sharpness figure's spectra.
+    pub sharpness: SharpnessFigureData,
+    /// `experiments/toy/generalisation.toml`.
+    pub generalisation: ToyExperimentData,
+    /// `experiments/toy/edge_of_stability.toml`.
+    pub edge_of_stability: ToyExperimentData,
+    /// `experiments/toy/modified_flow.toml`.
+    pub modified_flow: ToyExperimentData,
+    /// `experiments/toy/lr_sweep.toml`.
+    pub lr_sweep: ToyExperimentData,
+    /// The CIFAR-10 runs found.
+    pub cifar_runs: Vec<CifarRun>,
+}
+
+/// One figure of `cargo run --release --bin figures`: its file name (without extension), what
+/// it shows (the line of `figures/README.md`) and how it is drawn from the [`FigureInputs`].
+#[derive(Debug, Clone, Copy)]
 pub struct FigureEntry {
     /// The file stem: the figure is written as `<stem>.png` and `<stem>.svg`.
     pub stem: &'static str,
     /// What the figure shows, for the index.
     pub shows: &'static str,
+    /// Draws it.
+    pub build: fn(&FigureInputs) -> Figure,
 }
 
 /// Every figure the figures binary draws, in its order: the binary draws and indexes these, and
@@ -25,42 +63,52 @@ pub const FIGURES: [FigureEntry; 10] = [
     FigureEntry {
         stem: "derivative_check",
         shows: "finite-difference error of the gradient and HVP against the exact ones vs the difference step, per toy model (V shape: the exact derivatives are right)",
+        build: |i| derivative_check_figure(&i.derivative_reports),
     },
     FigureEntry {
         stem: "bea_orders",
         shows: "one-step error of GD against the plain, first- and second-order modified flows vs the step size, with fitted slopes (theory: 2, 3, 4)",
+        build: |i| bea_order_figure(&i.bea_orders),
     },
     FigureEntry {
         stem: "bea_coefficients",
         shows: "implicit-regulariser coefficients derived from iterates on 7 toy models vs theory: GD 1/4, SGD 1/(4m) with its GD/variance split, heavy-ball and Nesterov claims at beta = 0.9, as deviation from theory in ppm with +-2 s.e. bars (top), and c(h) against the step size with the linear extrapolation to h = 0 that gives each estimate (bottom)",
+        build: |i| bea_coefficient_figure(&i.coefficients),
     },
     FigureEntry {
         stem: "sharpness",
         shows: "Hessian of a trained tanh MLP 20-40-4 (1,004 parameters): SLQ spectral density vs the exact eigenvalues, top-10 eigenvalues by dense eigh, Lanczos and power iteration, and their relative residuals",
+        build: |i| sharpness_figure(&i.sharpness),
     },
     FigureEntry {
         stem: "generalisation",
         shows: "experiments/toy/generalisation.toml: SGD, GD, GD + SGD's explicit regulariser, GD + GD's, GD at 4x the lr on a tanh MLP (Fashion-MNIST subset): training loss, test accuracy and lambda_max over training, and final test accuracy vs lambda_max per run",
+        build: |i| generalisation_figure(&i.generalisation.results, &i.generalisation.log),
     },
     FigureEntry {
         stem: "edge_of_stability",
         shows: "experiments/toy/edge_of_stability.toml: full-batch GD at three step sizes h and the gradient flow from the same start (Dormand-Prince); training loss and lambda_max (warm-started Lanczos) against the time t = step x h, with the stability threshold 2/h",
+        build: |i| edge_of_stability_figure(&i.edge_of_stability.results, &i.edge_of_stability.log),
     },
     FigureEntry {
         stem: "modified_flow",
         shows: "experiments/toy/modified_flow.toml: distance of GD's iterates from the gradient flow and from GD's modified flow of L + (h/4)|grad L|^2 at t = step x h, both at the last common time against h with fitted slopes (theory: 1 and 2), and h lambda_max against the stability limit 2 (where the modified flow stops describing GD)",
+        build: |i| modified_flow_figure(&i.modified_flow.results, &i.modified_flow.log),
     },
     FigureEntry {
         stem: "spectral_density",
         shows: "experiments/toy/generalisation.toml: Hessian spectral density (stochastic Lanczos quadrature) at the end of training for each optimizer, whole spectrum and outliers",
+        build: |i| spectral_density_figure(&i.generalisation.results),
     },
     FigureEntry {
         stem: "lr_sweep",
         shows: "experiments/toy/lr_sweep.toml: GD and SGD at four learning rates x three seeds: final test accuracy vs final lambda_max per run, and both against the learning rate (with 2/h)",
+        build: |i| lr_sweep_figure(&i.lr_sweep.results),
     },
     FigureEntry {
         stem: "cifar_results",
         shows: "the paper's CIFAR-10 ResNet-18 validation accuracies (only the numbers the paper states) beside the last evaluation of each of our runs under runs/ (labelled with run directory, progress and commit; unfinished runs marked), rows without a run listed as not run; runs on other data (synthetic, Fashion-MNIST, subsets) in a separate panel marked not comparable",
+        build: |i| cifar_results_figure(&i.cifar_runs),
     },
 ];
 
