@@ -425,3 +425,56 @@ fn smoke_full_batch_training_reduces_loss() {
     let (_, report) = train::full_batch_step(model, &mut optim, &data, &opts, 0.1, Some(0.25)).unwrap();
     assert!(report.loss.is_finite() && report.grad_norm.is_finite());
 }
+
+/// `resnet::batch_norm` is burn's `BatchNorm::forward` in fewer operations: same output, same
+/// gradients with respect to the input, gamma and beta, same running statistics, on a batch with
+/// non-zero mean and non-unit spread per channel (f32: agreement to 1e-5 relative).
+#[test]
+fn lean_batch_norm_equals_burns() {
+    use burn::nn::BatchNormConfig;
+    use fullbatch::deep::resnet::batch_norm;
+    let dev = device();
+    let (n, c, h, w) = (6, 3, 5, 4);
+    let values: Vec<f32> = (0..n * c * h * w)
+        .map(|i| {
+            let ch = (i / (h * w)) % c;
+            (i as f32 * 0.37).sin() * (1.0 + ch as f32) + 0.5 * ch as f32 - 0.3
+        })
+        .collect();
+    // A new BatchNorm per run: clones share their running statistics.
+    let new_bn = || {
+        let mut bn = BatchNormConfig::new(c).init::<B>(&dev);
+        bn.gamma = Param::from_data(TensorData::new(vec![0.7f32, -1.3, 2.1], [c]), &dev);
+        bn.beta = Param::from_data(TensorData::new(vec![0.2f32, 0.0, -0.4], [c]), &dev);
+        bn
+    };
+    let upstream: Tensor<B, 4> = Tensor::from_data(
+        TensorData::new((0..n * c * h * w).map(|i| (i as f32 * 0.11).cos()).collect(), [n, c, h, w]),
+        &dev,
+    );
+    let run = |lean: bool| {
+        let bn = new_bn();
+        let x: Tensor<B, 4> = Tensor::from_data(TensorData::new(values.clone(), [n, c, h, w]), &dev).require_grad();
+        let y = if lean { batch_norm(&bn, x.clone()) } else { bn.forward(x.clone()) };
+        let loss = (y.clone() * upstream.clone()).sum();
+        let grads = loss.backward();
+        let vec = |t: Tensor<Cpu, 4>| t.into_data().to_vec::<f32>().unwrap();
+        let vec1 = |t: Tensor<Cpu, 1>| t.into_data().to_vec::<f32>().unwrap();
+        (
+            vec(y.inner()),
+            vec(x.grad(&grads).unwrap()),
+            vec1(bn.gamma.val().grad(&grads).unwrap()),
+            vec1(bn.beta.val().grad(&grads).unwrap()),
+            vec1(bn.running_mean.value_sync().inner()),
+            vec1(bn.running_var.value_sync().inner()),
+        )
+    };
+    let (burn_out, lean_out) = (run(false), run(true));
+    assert_close(&lean_out.0, &burn_out.0, 1e-5, "output");
+    assert_close(&lean_out.1, &burn_out.1, 1e-5, "input gradient");
+    assert_close(&lean_out.2, &burn_out.2, 1e-5, "gamma gradient");
+    assert_close(&lean_out.3, &burn_out.3, 1e-5, "beta gradient");
+    assert_close(&lean_out.4, &burn_out.4, 1e-5, "running mean");
+    assert_close(&lean_out.5, &burn_out.5, 1e-5, "running variance");
+    assert!(max_abs(&burn_out.4) > 0.01 && max_abs(&burn_out.1) > 0.01, "a test that can fail");
+}

@@ -169,7 +169,7 @@ fn bn_running<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
 
 fn conv_bn<B: Backend>(conv: &Conv2d<B>, bn: &BatchNorm<B>, x: Tensor<B, 4>, eval: bool) -> Tensor<B, 4> {
     let y = conv.forward(x);
-    if eval { bn_running(bn, y) } else { bn.forward(y) }
+    if eval { bn_running(bn, y) } else { super::resnet::batch_norm(bn, y) }
 }
 
 fn block_gated<B: Backend>(block: &BasicBlock<B>, x: Tensor<B, 4>, eval: bool, gates: &mut Gates<B>) -> Tensor<B, 4> {
