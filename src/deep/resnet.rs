@@ -238,9 +238,20 @@ impl<B: Backend> ResNet<B> {
     /// - `images`: `[n, in_channels, h, w]`
     /// - output: `[n, num_classes]`
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
-        let mut x = relu(batch_norm(&self.stem_bn, self.stem_conv.forward(images)));
+        self.forward_with(images, &mut StandardLayers)
+    }
+
+    /// The logits with the ReLUs and BatchNorms of `layers` (the one forward pass of the
+    /// network: [`ResNet::forward`] is this with [`StandardLayers`]; the Hessian's view in
+    /// `deep::sharpness` gates the ReLUs and picks the BatchNorm statistics).
+    ///
+    /// # Shapes
+    /// As [`ResNet::forward`].
+    pub fn forward_with(&self, images: Tensor<B, 4>, layers: &mut impl Layers<B>) -> Tensor<B, 2> {
+        let stem = layers.batch_norm(&self.stem_bn, self.stem_conv.forward(images));
+        let mut x = layers.relu(stem);
         for block in &self.blocks {
-            x = block.forward(x);
+            x = block.forward_with(x, layers);
         }
         let [n, c, h, w] = x.dims();
         let pooled = x.reshape([n, c, h * w]).mean_dim(2).reshape([n, c]);
@@ -248,24 +259,57 @@ impl<B: Backend> ResNet<B> {
     }
 }
 
+/// The ReLU and BatchNorm of a forward pass of [`ResNet::forward_with`], called in the network's
+/// order (every ReLU and BatchNorm once per pass).
+pub trait Layers<B: Backend> {
+    /// The ReLU.
+    fn relu(&mut self, x: Tensor<B, 4>) -> Tensor<B, 4>;
+    /// The BatchNorm `bn` applied to `x` (`[n, c, h, w]`).
+    fn batch_norm(&mut self, bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4>;
+}
+
+/// The network's own layers: `relu` and [`batch_norm`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StandardLayers;
+
+impl<B: Backend> Layers<B> for StandardLayers {
+    fn relu(&mut self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        relu(x)
+    }
+    fn batch_norm(&mut self, bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        batch_norm(bn, x)
+    }
+}
+
 impl<B: Backend> BasicBlock<B> {
     /// The block's output (see the type's documentation for the formula and shapes).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let out = relu(batch_norm(&self.bn1, self.conv1.forward(x.clone())));
-        let out = batch_norm(&self.bn2, self.conv2.forward(out));
+        self.forward_with(x, &mut StandardLayers)
+    }
+
+    /// The block's output with the ReLUs and BatchNorms of `layers`.
+    pub fn forward_with(&self, x: Tensor<B, 4>, layers: &mut impl Layers<B>) -> Tensor<B, 4> {
+        let out = layers.batch_norm(&self.bn1, self.conv1.forward(x.clone()));
+        let out = layers.relu(out);
+        let out = layers.batch_norm(&self.bn2, self.conv2.forward(out));
         let identity = match &self.shortcut {
-            Some(s) => s.forward(x),
+            Some(s) => s.forward_with(x, layers),
             None => x,
         };
-        relu(out + identity)
+        layers.relu(out + identity)
     }
 }
 
 impl<B: Backend> Shortcut<B> {
     /// Average pool 2x2 (stride 2), 1x1 convolution, BatchNorm.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward_with(x, &mut StandardLayers)
+    }
+
+    /// The same with the BatchNorm of `layers`.
+    pub fn forward_with(&self, x: Tensor<B, 4>, layers: &mut impl Layers<B>) -> Tensor<B, 4> {
         let pooled = avg_pool2d(x, [2, 2], [2, 2], [0, 0], true, false);
-        batch_norm(&self.bn, self.conv.forward(pooled))
+        layers.batch_norm(&self.bn, self.conv.forward(pooled))
     }
 }
 

@@ -75,10 +75,10 @@ use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::nn::BatchNorm;
-use burn::nn::conv::Conv2d;
+
 use burn::tensor::activation::relu;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::module::avg_pool2d;
+
 use burn::tensor::{Tensor, TensorData};
 use ndarray::{Array1, Array2, ArrayView1};
 use ndarray_linalg::{Eigh, UPLO};
@@ -88,7 +88,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
 
 use super::Batch;
-use super::resnet::{BasicBlock, ResNet};
+use super::resnet::{Layers, ResNet};
 use super::train::{BlockOrder, FullBatchOptions, ImageClassifier, full_batch_gradient, grads_to_vec};
 use crate::sharpness::{LanczosParams, LinearOperator, Which, lanczos};
 use crate::{Error, Result};
@@ -137,16 +137,22 @@ pub struct GatedResNet<B: Backend> {
     pub eval: bool,
 }
 
-/// The gates of a forward pass: recorded from a reference pass, then applied in order.
+/// The gates of a forward pass: recorded from a reference pass, then applied in order; and
+/// BatchNorm with batch statistics or (`eval`) the running ones.
+struct GatedLayers<B: Backend> {
+    gates: Gates<B>,
+    eval: bool,
+}
+
 enum Gates<B: Backend> {
     Record(Vec<Tensor<B, 4>>),
     Apply(std::vec::IntoIter<Tensor<B, 4>>),
 }
 
-impl<B: Backend> Gates<B> {
+impl<B: Backend> Layers<B> for GatedLayers<B> {
     /// `relu(x)` while recording (the gate is $\mathbb 1[x > 0]$), `x * gate` while applying.
     fn relu(&mut self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        match self {
+        match &mut self.gates {
             Gates::Record(gates) => {
                 gates.push(x.clone().greater_elem(0.0).float().detach());
                 relu(x)
@@ -156,6 +162,10 @@ impl<B: Backend> Gates<B> {
                 None => relu(x),
             },
         }
+    }
+
+    fn batch_norm(&mut self, bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        if self.eval { bn_running(bn, x) } else { super::resnet::batch_norm(bn, x) }
     }
 }
 
@@ -167,43 +177,17 @@ fn bn_running<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     x.sub(mean).div(std).mul(bn.gamma.val().reshape(shape)).add(bn.beta.val().reshape(shape))
 }
 
-fn conv_bn<B: Backend>(conv: &Conv2d<B>, bn: &BatchNorm<B>, x: Tensor<B, 4>, eval: bool) -> Tensor<B, 4> {
-    let y = conv.forward(x);
-    if eval { bn_running(bn, y) } else { super::resnet::batch_norm(bn, y) }
-}
-
-fn block_gated<B: Backend>(block: &BasicBlock<B>, x: Tensor<B, 4>, eval: bool, gates: &mut Gates<B>) -> Tensor<B, 4> {
-    let out = gates.relu(conv_bn(&block.conv1, &block.bn1, x.clone(), eval));
-    let out = conv_bn(&block.conv2, &block.bn2, out, eval);
-    let identity = match &block.shortcut {
-        Some(s) => conv_bn(&s.conv, &s.bn, avg_pool2d(x, [2, 2], [2, 2], [0, 0], true, false), eval),
-        None => x,
-    };
-    gates.relu(out + identity)
-}
-
-/// The ResNet's forward with BatchNorm as `eval` says and ReLUs through `gates`.
-fn forward_gated<B: Backend>(net: &ResNet<B>, images: Tensor<B, 4>, eval: bool, gates: &mut Gates<B>) -> Tensor<B, 2> {
-    let mut x = gates.relu(conv_bn(&net.stem_conv, &net.stem_bn, images, eval));
-    for block in &net.blocks {
-        x = block_gated(block, x, eval, gates);
-    }
-    let [n, c, h, w] = x.dims();
-    let pooled = x.reshape([n, c, h * w]).mean_dim(2).reshape([n, c]);
-    net.fc.forward(pooled)
-}
-
 impl<B: Backend> GatedResNet<B> {
     /// The logits (shapes as [`ResNet::forward`]): a forward pass of `reference` records the
-    /// gates, a forward pass of `net` applies them.
+    /// gates, a forward pass of `net` applies them (both [`ResNet::forward_with`]).
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
-        let mut record = Gates::Record(Vec::new());
-        forward_gated(&self.reference, images.clone(), self.eval, &mut record);
-        let gates = match record {
+        let mut record = GatedLayers { gates: Gates::Record(Vec::new()), eval: self.eval };
+        self.reference.forward_with(images.clone(), &mut record);
+        let gates = match record.gates {
             Gates::Record(g) => g,
             Gates::Apply(_) => Vec::new(),
         };
-        forward_gated(&self.net, images, self.eval, &mut Gates::Apply(gates.into_iter()))
+        self.net.forward_with(images, &mut GatedLayers { gates: Gates::Apply(gates.into_iter()), eval: self.eval })
     }
 }
 
