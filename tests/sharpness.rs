@@ -223,3 +223,31 @@ fn spectral_density_integrates_to_one_and_has_the_right_moments() {
         assert!((e2 - m2).abs() <= 4.0 * s2, "second moment {e2} ± {s2} vs {m2}");
     }
 }
+
+/// A budget too small to converge: by default Lanczos returns no pair; with `keep_unconverged`
+/// it returns the best Ritz pair of its last Krylov space, marked unconverged, whose residual is
+/// the true one and whose value is a Rayleigh quotient (so below the largest eigenvalue and
+/// within the residual bound of some eigenvalue).
+#[test]
+fn lanczos_out_of_budget_returns_its_best_unconverged_pair_on_request() {
+    // 300 eigenvalues with a tight top cluster: 8 products cannot resolve it to 1e-12.
+    let eigs: Vec<f64> =
+        (0..300).map(|i| if i < 5 { 10.0 - 1e-3 * i as f64 } else { 9.0 * i as f64 / 300.0 }).collect();
+    let q = Quadratic::with_spectrum(&eigs, 0.0, 4).unwrap();
+    let op = HessianOperator { objective: &q, theta: Array1::zeros(300) };
+    let params = LanczosParams { k: 1, tol: 1e-12, max_applications: 8, seed: 2, ..LanczosParams::default() };
+    let strict = lanczos(&op, &params).unwrap();
+    assert!(!strict.converged && strict.values.is_empty(), "{:?}", strict.values);
+    let kept = lanczos(&op, &LanczosParams { keep_unconverged: true, ..params }).unwrap();
+    assert!(!kept.converged);
+    assert_eq!(kept.values.len(), 1);
+    let (lambda, x) = (kept.values[0], kept.vectors.column(0).to_owned());
+    assert!((x.dot(&x) - 1.0).abs() < 1e-12);
+    let r = (&op.apply(x.view()) - &(&x * lambda)).mapv(|v| v * v).sum().sqrt();
+    assert!((r - kept.residuals[0]).abs() <= 1e-9 * (1.0 + r), "reported {} vs true {r}", kept.residuals[0]);
+    assert!(kept.residuals[0] > 1e-12 * lambda, "it did not converge, so the residual is above tol");
+    assert!(lambda <= 10.0 + 1e-9 && lambda >= 10.0 - kept.residuals[0] - 1e-3 - 1.0, "{lambda}");
+    let nearest = eigs.iter().map(|e| (e - lambda).abs()).fold(f64::INFINITY, f64::min);
+    assert!(nearest <= kept.residuals[0] + 1e-12, "an eigenvalue lies within the residual: {nearest}");
+    assert_eq!(kept.operator_applications, 9, "the budget plus the final residual product");
+}

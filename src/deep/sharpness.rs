@@ -80,11 +80,8 @@ use burn::tensor::activation::relu;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
 use burn::tensor::{Tensor, TensorData};
-use ndarray::{Array1, Array2, ArrayView1};
-use ndarray_linalg::{Eigh, UPLO};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, StandardNormal};
+use ndarray::{Array1, ArrayView1};
+
 use serde::Serialize;
 
 use super::Batch;
@@ -429,81 +426,6 @@ impl<B: AutodiffBackend, M: HessianModel<B>> LinearOperator for NetworkHessian<'
     }
 }
 
-/// Lanczos steps of the fallback of [`network_lambda_max`].
-pub const FALLBACK_STEPS: usize = 20;
-
-/// The top Ritz pair of `steps` Lanczos steps (full reorthogonalisation) from `start` (or a
-/// seeded random unit vector), returned as the Rayleigh quotient $\lambda = x^\top Hx$ of the
-/// Ritz vector $x$, the true residual $\lVert Hx - \lambda x\rVert$, and $x$.
-fn top_ritz_pair<B, M>(
-    op: &NetworkHessian<'_, B, M>,
-    start: Option<&Array1<f64>>,
-    steps: usize,
-    seed: u64,
-) -> Result<(f64, f64, Array1<f64>)>
-where
-    B: AutodiffBackend,
-    M: HessianModel<B>,
-{
-    let d = op.dim();
-    let unit = |x: Array1<f64>| -> Option<Array1<f64>> {
-        let n = x.dot(&x).sqrt();
-        (n.is_finite() && n > 0.0).then(|| x / n)
-    };
-    let random = || {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        Array1::from_shape_fn(d, |_| StandardNormal.sample(&mut rng))
-    };
-    let v0 = match start.filter(|s| s.len() == d).and_then(|s| unit(s.clone())) {
-        Some(v) => v,
-        None => unit(random()).ok_or_else(|| Error::invalid("start", "no unit vector"))?,
-    };
-    let m = steps.min(d).max(1);
-    let mut basis = vec![v0];
-    let mut t = Array2::<f64>::zeros((m, m));
-    let mut size = 0;
-    for j in 0..m {
-        let mut w = op.hvp(basis[j].view())?;
-        // Explicit projections, twice (full reorthogonalisation): T = V^T H V column by column.
-        for _ in 0..2 {
-            for (i, b) in basis.iter().enumerate() {
-                let h = b.dot(&w);
-                w.scaled_add(-h, b);
-                t[[i, j]] += h;
-            }
-        }
-        for i in 0..j {
-            let sym = 0.5 * (t[[i, j]] + t[[j, i]]);
-            t[[i, j]] = sym;
-            t[[j, i]] = sym;
-        }
-        size = j + 1;
-        if j + 1 == m {
-            break;
-        }
-        match unit(w) {
-            Some(next) if next.iter().all(|x| x.is_finite()) => basis.push(next),
-            _ => break,
-        }
-    }
-    let small = t.slice(ndarray::s![..size, ..size]).to_owned();
-    let (values, vectors) = if size == 1 {
-        (Array1::from_elem(1, small[[0, 0]]), Array2::from_elem((1, 1), 1.0))
-    } else {
-        small.eigh(UPLO::Lower)?
-    };
-    let top = (0..size).max_by(|&a, &b| values[a].total_cmp(&values[b])).unwrap_or(0);
-    let mut x = Array1::<f64>::zeros(d);
-    for (c, b) in vectors.column(top).iter().zip(&basis) {
-        x.scaled_add(*c, b);
-    }
-    let x = unit(x).ok_or_else(|| Error::invalid("ritz vector", "is zero"))?;
-    let hx = op.hvp(x.view())?;
-    let lambda = x.dot(&hx);
-    let residual = (&hx - &(&x * lambda)).dot(&(&hx - &(&x * lambda))).sqrt();
-    Ok((lambda, residual, x))
-}
-
 /// What [`network_lambda_max`] does.
 #[derive(Debug, Clone, Serialize)]
 pub struct SharpnessParams {
@@ -552,8 +474,9 @@ pub struct NetworkSharpness {
     pub hvps: usize,
     /// Whether the residual met `tol` $\cdot\lvert\lambda\rvert$ within the budget.
     pub converged: bool,
-    /// Whether [`lanczos`] found no pair within the budget, so the value is the fallback's (see
-    /// [`network_lambda_max`]).
+    /// Whether no pair met the tolerance within the budget, so the value is the best Ritz value
+    /// of the last Krylov space with its true residual: an estimate, not a certified
+    /// eigenvalue (`!converged`; kept as a field of its own for readers of earlier results).
     pub fallback: bool,
     /// The absolute finite-difference step $\varepsilon$.
     pub eps: f64,
@@ -572,10 +495,9 @@ pub struct NetworkSharpness {
 /// [`NetworkHessian`]) by [`lanczos`] (one eigenpair, largest algebraic, stopping on the true
 /// residual; no multiplicity check). When no pair meets the tolerance within `max_hvps` products
 /// (the finite-difference operator of a ReLU network is noisy, see the module documentation),
-/// the fallback runs [`FALLBACK_STEPS`] (at most `max_hvps`) plain Lanczos steps from the same
-/// start and returns the top Ritz vector $x$ with its Rayleigh quotient $\lambda = x^\top Hx$ and
-/// true residual $\lVert Hx - \lambda x\rVert$ (one more product), marked `converged: false`,
-/// `fallback: true`. Neither the parameters nor the BatchNorm running statistics
+/// Lanczos returns the best Ritz pair of the Krylov space it ended in
+/// ([`LanczosParams::keep_unconverged`]): its Rayleigh quotient and true residual (one more
+/// product), marked `converged: false`, `fallback: true`. Neither the parameters nor the BatchNorm running statistics
 /// of `model` change, and no random generator of the caller is used (the start vector comes from
 /// `params.seed` or `params.start`).
 ///
@@ -603,28 +525,19 @@ where
         seed: params.seed,
         verify_multiplicity: false,
         start: params.start.clone(),
+        keep_unconverged: true,
     };
     let result = lanczos(&op, &lp);
     if let Some(e) = op.take_error() {
         return Err(e);
     }
     let pairs = result?;
-    let (lambda_max, residual, vector, converged, fallback) = match pairs.values.first() {
-        Some(&value) => (
-            value,
-            pairs.residuals.first().copied().unwrap_or(f64::NAN),
-            pairs.vectors.column(0).to_owned(),
-            pairs.converged,
-            false,
-        ),
-        None => {
-            // No pair met the tolerance within the budget: the top Ritz pair of a short Krylov
-            // space from the same start, and its Rayleigh quotient and true residual.
-            let steps = params.max_hvps.clamp(1, FALLBACK_STEPS);
-            let (value, residual, vector) = top_ritz_pair(&op, params.start.as_ref(), steps, params.seed)?;
-            (value, residual, vector, false, true)
-        }
-    };
+    let lambda_max = *pairs.values.first().ok_or_else(|| {
+        Error::invalid("max_hvps", format!("{} products left no Ritz pair; allow more", params.max_hvps))
+    })?;
+    let (residual, vector, converged) =
+        (pairs.residuals.first().copied().unwrap_or(f64::NAN), pairs.vectors.column(0).to_owned(), pairs.converged);
+    let fallback = !converged;
     Ok(NetworkSharpness {
         lambda_max,
         residual,

@@ -84,6 +84,12 @@ pub struct LanczosParams {
     /// $\lambda_{\max}$ during training); a random one when `None`.
     #[serde(skip)]
     pub start: Option<Array1<f64>>,
+    /// When the budget runs out with fewer than `k` pairs locked, also return the best Ritz
+    /// pairs of the last Krylov space (after the final Rayleigh-Ritz step with the locked ones),
+    /// each with its true residual, and `converged: false`; this costs one more application per
+    /// pair. Off by default: then only pairs that met the tolerance are returned.
+    #[serde(skip)]
+    pub keep_unconverged: bool,
 }
 
 impl Default for LanczosParams {
@@ -98,6 +104,7 @@ impl Default for LanczosParams {
             seed: 0,
             verify_multiplicity: true,
             start: None,
+            keep_unconverged: false,
         }
     }
 }
@@ -293,6 +300,8 @@ pub fn lanczos(op: &dyn LinearOperator, params: &LanczosParams) -> Result<Eigenp
     // Whether a Krylov space went on after a lock (then the answer needs a verification run).
     let mut several_per_run = false;
     let mut verifying = false;
+    // The best unlocked Ritz vectors of the Krylov space the budget ended in (keep_unconverged).
+    let mut unconverged: Vec<Array1<f64>> = Vec::new();
 
     let mut next_start: Option<Array1<f64>> = params.start.as_ref().map(|s| s / norm(s));
     'runs: while counted.applications < params.max_applications {
@@ -385,6 +394,17 @@ pub fn lanczos(op: &dyn LinearOperator, params: &LanczosParams) -> Result<Eigenp
             }
             if newly == 0 {
                 if counted.applications >= params.max_applications {
+                    if params.keep_unconverged && !verifying {
+                        for &i in order.iter().take(need.min(j)) {
+                            let mut x = combine(y.column(i), &v);
+                            orthogonalise(&mut x, &locked);
+                            orthogonalise(&mut x, &unconverged);
+                            let nx = norm(&x);
+                            if nx > 0.5 {
+                                unconverged.push(x / nx);
+                            }
+                        }
+                    }
                     break 'runs;
                 }
                 if j < m {
@@ -421,6 +441,11 @@ pub fn lanczos(op: &dyn LinearOperator, params: &LanczosParams) -> Result<Eigenp
     // Final Rayleigh-Ritz on the span of the locked vectors Q, with the stored products A Q (no
     // further applications): removes the couplings between locked pairs. Each residual below is
     // ||A q - lambda q|| from operator outputs.
+    for x in unconverged {
+        let ax = counted.apply(&x)?;
+        locked.push(x);
+        locked_products.push(ax);
+    }
     let p = locked.len();
     let mut q = Array2::<f64>::zeros((d, p));
     let mut aq = Array2::<f64>::zeros((d, p));
