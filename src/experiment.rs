@@ -33,6 +33,7 @@ use sha2::{Digest, Sha256};
 
 use crate::bea::{GdFlow, gd_modified_field};
 use crate::data::{self, Dataset, fashion_mnist};
+use crate::engine::{Control, Observer, Stepper, drive};
 use crate::integrate::{AdaptiveParams, dormand_prince};
 use crate::models::{Activation, Network, NetworkSpec, OutputLoss};
 use crate::objective::{FiniteSum, GradientNormPenalty, MinibatchGradientPenalty, Objective};
@@ -583,9 +584,9 @@ fn run_one(
     let started = Instant::now();
     let train_labels = train.labels().ok_or_else(|| Error::invalid("data", "training set has no class labels"))?;
     let test_labels = test.labels().ok_or_else(|| Error::invalid("data", "test set has no class labels"))?;
-    let mut theta = net.initial_parameters(seed);
+    let theta = net.initial_parameters(seed);
     let n = net.n_examples();
-    let mut sampler = match variant.batch_size {
+    let sampler = match variant.batch_size {
         Some(b) => Some(BatchSampler::new(Sampling::Reshuffle { batch_size: b }, n, seed)?),
         None => None,
     };
@@ -641,43 +642,30 @@ fn run_one(
     if let Some(f) = &mut flows {
         first.flow = Some(f.compare(&theta, &theta0, 0, seed)?);
     }
+    let first_loss = first.train_loss;
     evaluations.push(first);
-    let mut diverged = None;
-    for step in 0..variant.steps {
-        let g = match (&mut sampler, variant.regulariser) {
-            (Some(s), _) => match s.next_batch() {
-                Some(batch) => net.batch_gradient(theta.view(), &batch),
-                None => net.gradient(theta.view()),
-            },
-            (None, Regulariser::None) => net.gradient(theta.view()),
-            (None, Regulariser::Sgd) => sgd_penalty.gradient(theta.view()),
-            (None, Regulariser::Gd) => gd_penalty.gradient(theta.view()),
-        };
-        if !g.iter().all(|x| x.is_finite()) {
-            diverged = Some(format!("non-finite gradient at step {step}"));
-            break;
-        }
-        let next = &theta - &(g * variant.lr);
-        if !next.iter().all(|x| x.is_finite()) {
-            diverged = Some(format!("non-finite iterate at step {step}"));
-            break;
-        }
-        theta = next;
-        let done = step + 1;
-        if done % variant.every.unwrap_or(config.measure.every) == 0 || done == variant.steps {
-            let mut e = evaluate(&theta, done, &mut warm)?;
-            if !(e.train_loss.is_finite() && e.train_loss <= DIVERGED_FACTOR * evaluations[0].train_loss) {
-                diverged = Some(format!("training loss {:.3e} at step {done}", e.train_loss));
-                break;
-            }
-            if let Some(f) = &mut flows
-                && config.measure.flow_until.is_none_or(|t| done as f64 * variant.lr <= t * (1.0 + 1e-12))
-            {
-                e.flow = Some(f.compare(&theta, &theta0, done, seed)?);
-            }
-            evaluations.push(e);
-        }
-    }
+    let mut stepper =
+        ToyStepper { net, theta, lr: variant.lr, sampler, regulariser: variant.regulariser, sgd_penalty, gd_penalty };
+    let mut evaluator = ToyEvaluations {
+        every: variant.every.unwrap_or(config.measure.every),
+        steps: variant.steps,
+        evaluate,
+        warm,
+        first_loss,
+        flows,
+        flow_until: config.measure.flow_until,
+        theta0: &theta0,
+        seed,
+        evaluations,
+    };
+    let end = drive(&mut stepper, 0, variant.steps, &mut [&mut evaluator]);
+    let diverged = match end.result {
+        Ok(Control::Continue) => None,
+        Ok(Control::Stop(reason)) => Some(reason),
+        Err(Error::Diverged { step, quantity }) => Some(format!("{quantity} at step {step}")),
+        Err(e) => return Err(e),
+    };
+    let (theta, evaluations) = (stepper.theta, evaluator.evaluations);
     let trace = if config.measure.trace_budget >= 6 && diverged.is_none() {
         let op = HessianOperator { objective: net, theta: theta.clone() };
         let t = hutch_plus_plus(&op, config.measure.trace_budget, seed)?;
@@ -693,6 +681,84 @@ fn run_one(
     };
     let last = evaluations.last().cloned().ok_or_else(|| Error::invalid("steps", "no evaluation"))?;
     Ok((RunResult { variant: variant.label.clone(), seed, last, trace, diverged, density }, evaluations))
+}
+
+/// The toy training state: one step of GD, of SGD on the sampler's next minibatch, or of GD
+/// on a regularised loss.
+struct ToyStepper<'a> {
+    net: &'a Network,
+    theta: Array1<f64>,
+    lr: f64,
+    sampler: Option<BatchSampler>,
+    regulariser: Regulariser,
+    sgd_penalty: MinibatchGradientPenalty<'a, Network>,
+    gd_penalty: GradientNormPenalty<&'a Network>,
+}
+
+impl Stepper for ToyStepper<'_> {
+    type Record = ();
+
+    /// # Errors
+    /// [`Error::Diverged`] for a non-finite gradient or iterate (quantity and the 0-based step).
+    fn step(&mut self, step: usize) -> Result<()> {
+        let theta = self.theta.view();
+        let g = match (&mut self.sampler, self.regulariser) {
+            (Some(s), _) => match s.next_batch() {
+                Some(batch) => self.net.batch_gradient(theta, &batch),
+                None => self.net.gradient(theta),
+            },
+            (None, Regulariser::None) => self.net.gradient(theta),
+            (None, Regulariser::Sgd) => self.sgd_penalty.gradient(theta),
+            (None, Regulariser::Gd) => self.gd_penalty.gradient(theta),
+        };
+        if !g.iter().all(|x| x.is_finite()) {
+            return Err(Error::Diverged { step, quantity: "non-finite gradient".into() });
+        }
+        let next = &self.theta - &(g * self.lr);
+        if !next.iter().all(|x| x.is_finite()) {
+            return Err(Error::Diverged { step, quantity: "non-finite iterate".into() });
+        }
+        self.theta = next;
+        Ok(())
+    }
+}
+
+/// The toy run's evaluations every `every` steps and at the end: losses, accuracies, λ_max
+/// (`evaluate`), the flow comparisons, and the stop when the training loss exceeds
+/// [`DIVERGED_FACTOR`] times its first value.
+struct ToyEvaluations<'a, 'n, F> {
+    every: usize,
+    steps: usize,
+    evaluate: F,
+    warm: Option<Array1<f64>>,
+    first_loss: f64,
+    flows: Option<Flows<'n>>,
+    flow_until: Option<f64>,
+    theta0: &'a Array1<f64>,
+    seed: u64,
+    evaluations: Vec<Evaluation>,
+}
+
+impl<'s, F> Observer<ToyStepper<'s>> for ToyEvaluations<'_, '_, F>
+where
+    F: FnMut(&Array1<f64>, usize, &mut Option<Array1<f64>>) -> Result<Evaluation>,
+{
+    fn after_step(&mut self, stepper: &mut ToyStepper<'s>, done: usize, _: &mut ()) -> Result<Control> {
+        if !done.is_multiple_of(self.every) && done != self.steps {
+            return Ok(Control::Continue);
+        }
+        let mut e = (self.evaluate)(&stepper.theta, done, &mut self.warm)?;
+        if !(e.train_loss.is_finite() && e.train_loss <= DIVERGED_FACTOR * self.first_loss) {
+            return Ok(Control::Stop(format!("training loss {:.3e} at step {done}", e.train_loss)));
+        }
+        if let Some(f) = &mut self.flows
+            && self.flow_until.is_none_or(|t| done as f64 * stepper.lr <= t * (1.0 + 1e-12))
+        {
+            e.flow = Some(f.compare(&stepper.theta, self.theta0, done, self.seed)?);
+        }
+        self.evaluations.push(e);
+        Ok(Control::Continue)
+    }
 }
 
 /// The gradient flow and GD's modified flow from $\theta_0$, advanced alongside a GD run.

@@ -27,6 +27,7 @@ pub mod data;
 #[cfg(feature = "burn")]
 pub mod deep;
 pub mod derivative_check;
+pub mod engine;
 mod error;
 pub mod experiment;
 pub mod export;

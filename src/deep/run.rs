@@ -77,6 +77,7 @@ use super::train::{
 use super::{Batch, batch_from_images};
 use crate::data::cifar::{self, ImageSet};
 use crate::data::fashion_mnist;
+use crate::engine::{Control, Observer, Stepper, drive};
 pub use crate::run_dir::{
     LogEntry, RunInfo, SegmentRecord, WALL_TIME_FIELDS, latest_checkpoint, read_segments, stored_config,
 };
@@ -462,11 +463,74 @@ pub fn run<B: AutodiffBackend>(
     options: &RunOptions<'_>,
 ) -> Result<RunSummary> {
     config.validate()?;
+    let checkpoint = check_run_dir(config, dir, options)?;
+    let data = load_data(config, options.data_dir.as_deref())?;
+    let model: ResNet<B> = build_model(config, data.train.channels, data.train.n_classes, device)?;
+    let o = &config.optimizer;
+    let optim = train::sgd_config(o.momentum, o.nesterov, o.weight_decay as f32).init::<B, ResNet<B>>();
+    let schedule = WarmupCosine { base_lr: o.lr, warmup_steps: o.warmup, t_max: o.t_max };
+    schedule.validate()?;
+    let total = config.total_steps();
     let log_path = dir.join("log.jsonl");
-    let config_path = dir.join("config.toml");
-    let info_path = dir.join("run.json");
-    // A run stopped before its first checkpoint (killed, or interrupted during the warm-up)
-    // has nothing to resume from: it starts over from step 0 in the same directory.
+    // The training images when they do not change from step to step.
+    let fixed = match (&data.fixed, config.augmentation.enabled) {
+        (Some(set), _) => Some(batch_from_images(set, &data.mean, &data.std, device)?),
+        (None, false) => Some(batch_from_images(&data.train, &data.mean, &data.std, device)?),
+        (None, true) => None,
+    };
+    let mut stepper = ResNetStepper {
+        config,
+        data: &data,
+        fixed,
+        device,
+        model: Some(model),
+        optim,
+        schedule,
+        sharpness_start: None,
+    };
+    let (mut start_step, mut wall_offset, mut last) = (0usize, 0.0f64, None);
+    if options.resume && checkpoint.is_none() && (options.progress || options.report_evaluations) {
+        eprintln!("{} has no checkpoint: starting the run over from step 0", dir.display());
+    }
+    if let Some((path, _)) = checkpoint {
+        stepper.sharpness_start = load_sharpness_start(&path)?;
+        let model = stepper.model.take().ok_or_else(|| Error::invalid("model", "missing"))?;
+        let (m, opt, state) = load_checkpoint(&path, model, stepper.optim, device)?;
+        (stepper.model, stepper.optim) = (Some(m), opt);
+        (start_step, wall_offset) = (state.step, state.wall_s);
+        last = truncate_log(&log_path, start_step)?;
+    } else {
+        write_new_run(config, dir, options, &data, stepper.model()?)?;
+    }
+    let end = options.max_steps.map_or(total, |m| m.min(total));
+    let reporter = Reporter::new(config, options, start_step, total)?;
+    let progress = std::cell::RefCell::new(SegmentProgress::new(start_step, options));
+    let mut timing = StepTiming { start_step, reporter: &reporter, progress: &progress, started: None };
+    let mut evaluation = Evaluation::new(config, &data, device, &reporter, &progress, total)?;
+    let mut sharpness = SharpnessMeasurement::new(config, &data, device, &reporter, total)?;
+    let log = OpenOptions::new().append(true).create(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+    let started = Instant::now();
+    let mut writer = LogWriter { log, path: log_path, wall_offset, started, reporter: &reporter, last };
+    let mut checkpoints = Checkpoints { dir, end, wall_offset, started, stop: options.stop };
+    let observers: &mut [&mut dyn Observer<ResNetStepper<'_, B, _>>] =
+        &mut [&mut timing, &mut evaluation, &mut sharpness, &mut writer, &mut checkpoints];
+    let ended = drive(&mut stepper, start_step, end, observers);
+    reporter.bar.finish_and_clear();
+    let t = ended.steps_done;
+    let stopped_early = matches!(ended.result, Ok(Control::Stop(_))) || t < total;
+    let segment = progress.into_inner().finish(t, options, &ended.result, stopped_early);
+    // The run's own error comes first; a failed append is reported only after a clean run.
+    let appended = append_segment(dir, &segment);
+    ended.result?;
+    appended?;
+    Ok(RunSummary { steps_done: t, total_steps: total, last: writer.last, stopped_early, segment })
+}
+
+/// Checks the run directory before anything is loaded: a new run needs an empty one; a resumed
+/// run the same configuration and, when continuing from a checkpoint, the same backend. Returns
+/// the checkpoint to continue from (none: start from step 0; a run stopped before its first
+/// checkpoint, killed or interrupted during the warm-up, starts over in the same directory).
+fn check_run_dir(config: &RunConfig, dir: &Path, options: &RunOptions<'_>) -> Result<Option<(PathBuf, usize)>> {
     let checkpoint = if options.resume { latest_checkpoint(dir)? } else { None };
     if options.resume {
         let stored = stored_config(dir)?;
@@ -475,335 +539,445 @@ pub fn run<B: AutodiffBackend>(
                 "config",
                 format!(
                     "differs from the one stored in {} (resume needs the same configuration)",
-                    config_path.display()
+                    dir.join("config.toml").display()
                 ),
             ));
         }
         // The backend matters only when continuing from a checkpoint (run.json may not even
         // exist when the run is started over).
-        let info: Option<RunInfo> = match &checkpoint {
-            Some(_) => {
-                let text = fs::read_to_string(&info_path).map_err(|e| Error::io(&info_path, e))?;
-                Some(serde_json::from_str(&text).map_err(|e| Error::bad_file(&info_path, e.to_string()))?)
+        if checkpoint.is_some() {
+            let info = crate::run_dir::read_run_info(dir)?;
+            if info.backend != options.backend {
+                return Err(Error::invalid(
+                    "backend",
+                    format!(
+                        "the run was made with {}, not {} (resume is exact only on the same backend)",
+                        info.backend, options.backend
+                    ),
+                ));
             }
-            None => None,
-        };
-        if let Some(info) = info.filter(|i| i.backend != options.backend) {
-            return Err(Error::invalid(
-                "backend",
-                format!(
-                    "the run was made with {}, not {} (resume is exact only on the same backend)",
-                    info.backend, options.backend
-                ),
-            ));
         }
-    } else if log_path.exists() || dir.join("checkpoints").exists() {
+    } else if dir.join("log.jsonl").exists() || dir.join("checkpoints").exists() {
         return Err(Error::invalid(
             "out",
             format!("{} already holds a run; use --resume to continue it or choose another directory", dir.display()),
         ));
     }
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-
-    let data = load_data(config, options.data_dir.as_deref())?;
-    let channels = data.train.channels;
-    let classes = data.train.n_classes;
-    let mut model: ResNet<B> = build_model(config, channels, classes, device)?;
-    let o = &config.optimizer;
-    let mut optim = train::sgd_config(o.momentum, o.nesterov, o.weight_decay as f32).init::<B, ResNet<B>>();
-    let schedule = WarmupCosine { base_lr: o.lr, warmup_steps: o.warmup, t_max: o.t_max };
-    schedule.validate()?;
-    let total = config.total_steps();
-
-    let (mut start_step, mut wall_offset) = (0usize, 0.0f64);
-    let mut last: Option<LogEntry> = None;
-    // The warm start of the next sharpness measurement (the last eigenvector, rounded to f32).
-    let mut sharpness_start: Option<Vec<f32>> = None;
-    if options.resume && checkpoint.is_none() && (options.progress || options.report_evaluations) {
-        eprintln!("{} has no checkpoint: starting the run over from step 0", dir.display());
-    }
-    if let Some((path, _)) = checkpoint {
-        sharpness_start = load_sharpness_start(&path)?;
-        let (m, opt, state) = load_checkpoint(&path, model, optim, device)?;
-        model = m;
-        optim = opt;
-        start_step = state.step;
-        wall_offset = state.wall_s;
-        last = truncate_log(&log_path, start_step)?;
-    } else {
-        write_atomic(&config_path, config.to_toml()?.as_bytes())?;
-        let info = RunInfo {
-            name: config.name.clone(),
-            seed: config.seed,
-            git_commit: crate::provenance::git_commit(),
-            device: options.device.clone(),
-            backend: options.backend.clone(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            train_images: data.train_len(),
-            test_images: data.test.len(),
-            parameters: model.num_trainable_params(),
-            started_unix_s: unix_now(),
-        };
-        write_atomic(&info_path, &serde_json::to_vec_pretty(&info).map_err(json_error)?)?;
-        write_atomic(&log_path, b"")?;
-    }
-
-    let inner_device = device.clone();
-    let test: Batch<B::InnerBackend> = batch_from_images(&data.test, &data.mean, &data.std, &inner_device)?;
-    let train_eval: Batch<B::InnerBackend> = batch_from_images(&data.train, &data.mean, &data.std, &inner_device)?;
-    // The training images when they do not change from step to step.
-    let fixed_train: Option<Batch<B>> = match (&data.fixed, config.augmentation.enabled) {
-        (Some(set), _) => Some(batch_from_images(set, &data.mean, &data.std, device)?),
-        (None, false) => Some(batch_from_images(&data.train, &data.mean, &data.std, device)?),
-        (None, true) => None,
-    };
-    let step_batch = |t: usize| -> Result<Batch<B>> {
-        match &fixed_train {
-            Some(b) => Ok(b.clone()),
-            None => {
-                let set = cifar::augment(
-                    &data.train,
-                    config.augmentation.pad,
-                    derive_seed(config.seed, stream::AUGMENT, t as u64),
-                );
-                batch_from_images(&set, &data.mean, &data.std, device)
-            }
-        }
-    };
-
-    // The images of the sharpness measurements: the first `max_images` un-augmented ones.
-    let sharpness_data: Option<Batch<B>> = match &config.sharpness {
-        Some(sh) => {
-            let n = sh.max_images.map_or(data.train.len(), |m| m.min(data.train.len()));
-            Some(batch_from_images(&data.train.head(n), &data.mean, &data.std, device)?)
-        }
-        None => None,
-    };
-
-    let end = options.max_steps.map_or(total, |m| m.min(total));
-    // The bar is drawn from the second step on: the first one shows its own warm-up line.
-    let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::hidden());
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{elapsed_precise}<{eta_precise}] {wide_bar} {pos}/{len} {msg}")
-            .map_err(|e| Error::invalid("progress template", e.to_string()))?,
-    );
-    bar.set_prefix(config.name.clone());
-    bar.set_position(start_step as u64);
-    let show_warmup = options.progress || options.report_evaluations;
-    let report = |line: String| {
-        if options.progress {
-            bar.println(line);
-        } else if options.report_evaluations {
-            eprintln!("{line}");
-        }
-    };
-
-    let mut log = OpenOptions::new().append(true).create(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
-    let started = Instant::now();
-    let mut stopped_early = false;
-    let mut t = start_step;
-    let mut segment = SegmentRecord {
-        start_step,
-        end_step: start_step,
-        backend: options.backend.clone(),
-        device: options.device.clone(),
-        git_commit: crate::provenance::git_commit(),
-        started_unix_s: unix_now(),
-        kernel_cache: options.kernel_cache.as_ref().map(|c| c.root.clone()),
-        kernels_cached_before: options.kernel_cache.as_ref().map(KernelCache::kernel_count),
-        ..SegmentRecord::default()
-    };
-    let mut later_step_s: Vec<f64> = Vec::new();
-    let warmup =
-        |what: &str| Warmup::start(what, options.kernel_cache.as_ref(), show_warmup, options.warming_up.clone());
-    let note_warmup = |segment: &mut SegmentRecord, r: &WarmupReport| {
-        if let Some(n) = r.kernels_compiled {
-            segment.kernels_compiled_warmup = Some(segment.kernels_compiled_warmup.unwrap_or(0) + n);
-        }
-    };
-    // Run inside a closure so that `segments.jsonl` gets its line whatever the outcome.
-    let outcome = (|| -> Result<()> {
-        while t < end {
-            let first = (t == start_step).then(|| warmup("first training step"));
-            let step_start = Instant::now();
-            let batch = step_batch(t)?;
-            let lr = schedule.lr(t);
-            let mut entry = match &config.mode {
-                Mode::FullBatch { block_size, shuffle_blocks, clip, regulariser_alpha, regulariser_eps, .. } => {
-                    let order = if *shuffle_blocks {
-                        BlockOrder::ShuffledBlocks { seed: derive_seed(config.seed, stream::ORDER, t as u64) }
-                    } else {
-                        BlockOrder::Sequential
-                    };
-                    let regulariser = (*regulariser_alpha > 0.0).then_some(Regulariser {
-                        alpha: *regulariser_alpha,
-                        eps: *regulariser_eps,
-                        lr,
-                    });
-                    let opts = FullBatchOptions { block_size: *block_size, order, regulariser };
-                    let (m, report) =
-                        full_batch_step(model, &mut optim, &batch, &opts, lr, *clip).map_err(|e| at_step(e, t))?;
-                    model = m;
-                    if !report.grad_norm.is_finite() {
-                        return Err(Error::Diverged { step: t, quantity: "gradient norm".into() });
-                    }
-                    let clip_factor = match clip {
-                        Some(c) if report.clipped => c / (report.grad_norm + 1e-6),
-                        _ => 1.0,
-                    };
-                    let images = (batch.len() / block_size) * block_size;
-                    LogEntry {
-                        step: t + 1,
-                        lr,
-                        train_loss: report.loss,
-                        grad_norm: report.grad_norm,
-                        mean_block_grad_sq_norm: Some(report.mean_block_grad_sq_norm),
-                        regulariser: regulariser.map(|r| r.alpha * lr / 8.0 * report.mean_block_grad_sq_norm),
-                        clip_factor,
-                        images_per_s: images as f64,
-                        ..LogEntry::default()
-                    }
-                }
-                Mode::Sgd { batch_size, clip, .. } => {
-                    let (m, e) = sgd_epoch(
-                        model,
-                        &mut optim,
-                        &batch,
-                        *batch_size,
-                        *clip,
-                        lr,
-                        derive_seed(config.seed, stream::ORDER, t as u64),
-                    )
-                    .map_err(|e| at_step(e, t))?;
-                    model = m;
-                    LogEntry { step: t + 1, ..e }
-                }
-            };
-            if !entry.train_loss.is_finite() {
-                return Err(Error::Diverged { step: t, quantity: "training loss".into() });
-            }
-            let step_s = step_start.elapsed().as_secs_f64();
-            entry.step_s = step_s;
-            entry.images_per_s /= step_s.max(1e-12);
-            match first {
-                Some(w) => {
-                    let r = w.finish();
-                    note_warmup(&mut segment, &r);
-                    segment.first_step_s = Some(step_s);
-                    report(format!(
-                        "first step: {step_s:.1} s{}",
-                        r.kernels_compiled.map_or(String::new(), |n| format!(
-                            " ({n} kernels compiled, cached in {})",
-                            r.kernel_cache.as_deref().map_or("-".into(), |p| p.display().to_string())
-                        ))
-                    ));
-                    if options.progress {
-                        bar.set_draw_target(ProgressDrawTarget::stderr());
-                    }
-                }
-                None => later_step_s.push(step_s),
-            }
-            let done = t + 1;
-            if done % config.eval_every == 0 || done == total {
-                let first_eval = segment.first_eval_s.is_none().then(|| warmup("first evaluation"));
-                let inference = model.valid();
-                let (tl, ta) = evaluate(&inference, &test, config.eval_batch_size)?;
-                let (el, ea) = evaluate(&inference, &train_eval, config.eval_batch_size)?;
-                if let Some(w) = first_eval {
-                    let r = w.finish();
-                    note_warmup(&mut segment, &r);
-                    segment.first_eval_s = Some(r.seconds);
-                }
-                entry.test_loss = Some(tl);
-                entry.test_acc = Some(ta);
-                entry.eval_train_loss = Some(el);
-                entry.eval_train_acc = Some(ea);
-                report(format!(
-                    "step {done}: lr {lr:.4}, train loss {:.4}, test loss {tl:.4}, test acc {:.2}%, train acc (inference) {:.2}%",
-                    entry.train_loss,
-                    100.0 * ta,
-                    100.0 * ea
-                ));
-            }
-            if let (Some(sh), Some(sdata)) = (&config.sharpness, &sharpness_data)
-                && (done % sh.every == 0 || done == total)
-            {
-                let seed = derive_seed(config.seed, stream::SHARPNESS, done as u64);
-                let mut params = SharpnessParams::new(sh.bn_mode, config.block_size(), seed);
-                params.tol = sh.tol;
-                params.max_hvps = sh.max_hvps;
-                params.eps_rel = sh.eps_rel;
-                let d = model.num_trainable_params();
-                params.start = sharpness_start
-                    .as_ref()
-                    .filter(|v| v.len() == d && v.iter().any(|&x| x != 0.0))
-                    .map(|v| v.iter().map(|&x| f64::from(x)).collect());
-                let r = network_lambda_max(&model, sdata, &params).map_err(|e| at_step(e, t))?;
-                entry.lambda_max = Some(r.lambda_max);
-                entry.lambda_residual = Some(r.residual);
-                entry.lambda_hvps = Some(r.hvps);
-                entry.lambda_s = Some(r.wall_s);
-                sharpness_start = Some(r.vector.iter().map(|&x| x as f32).collect());
-                report(format!(
-                    "step {done}: lambda_max {:.4} (residual {:.2e}, {} HVPs, {:.1} s{})",
-                    r.lambda_max,
-                    r.residual,
-                    r.hvps,
-                    r.wall_s,
-                    if r.converged { "" } else { ", not converged" }
-                ));
-            }
-            entry.wall_s = wall_offset + started.elapsed().as_secs_f64();
-            let line = serde_json::to_string(&entry).map_err(json_error)?;
-            writeln!(log, "{line}").and_then(|_| log.flush()).map_err(|e| Error::io(&log_path, e))?;
-            bar.set_message(format!("loss {:.4} |g| {:.3e}", entry.train_loss, entry.grad_norm));
-            bar.set_position(done as u64);
-            last = Some(entry);
-            t = done;
-            let stop = options.stop.is_some_and(|s| s.load(Ordering::SeqCst));
-            if done % config.checkpoint_every == 0 || done == end || stop {
-                save_checkpoint(
-                    dir,
-                    done,
-                    config.seed,
-                    wall_offset + started.elapsed().as_secs_f64(),
-                    &model,
-                    &optim,
-                    sharpness_start.as_deref(),
-                )?;
-            }
-            if stop && done < end {
-                stopped_early = true;
-                break;
-            }
-        }
-        Ok(())
-    })();
-    if t < total {
-        stopped_early = true;
-    }
-    bar.finish_and_clear();
-    segment.end_step = t;
-    segment.steady_step_s = median(&later_step_s);
-    segment.steady_steps = later_step_s.len();
-    segment.kernels_compiled = options
-        .kernel_cache
-        .as_ref()
-        .zip(segment.kernels_cached_before)
-        .map(|(c, before)| c.kernel_count().saturating_sub(before));
-    segment.outcome = match &outcome {
-        Ok(()) if stopped_early => "stopped".into(),
-        Ok(()) => "finished".into(),
-        Err(e) => format!("error: {e}"),
-    };
-    // The run's own error comes first; a failed append is reported only after a clean run.
-    let appended = append_segment(dir, &segment);
-    outcome?;
-    appended?;
-    Ok(RunSummary { steps_done: t, total_steps: total, last, stopped_early, segment })
+    Ok(checkpoint)
 }
 
-/// Seconds since the Unix epoch (0 if the clock is before it).
+/// Writes a new run's `config.toml`, `run.json` and an empty `log.jsonl`.
+fn write_new_run<B: Backend>(
+    config: &RunConfig,
+    dir: &Path,
+    options: &RunOptions<'_>,
+    data: &RunData,
+    model: &ResNet<B>,
+) -> Result<()> {
+    write_atomic(&dir.join("config.toml"), config.to_toml()?.as_bytes())?;
+    let info = RunInfo {
+        name: config.name.clone(),
+        seed: config.seed,
+        git_commit: crate::provenance::git_commit(),
+        device: options.device.clone(),
+        backend: options.backend.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        train_images: data.train_len(),
+        test_images: data.test.len(),
+        parameters: model.num_trainable_params(),
+        started_unix_s: unix_now(),
+    };
+    write_atomic(&dir.join("run.json"), &serde_json::to_vec_pretty(&info).map_err(json_error)?)?;
+    write_atomic(&dir.join("log.jsonl"), b"")
+}
+
+/// The training state of `fullbatch train`: one step is one full-batch update, or one SGD epoch.
+struct ResNetStepper<'a, B: AutodiffBackend, O> {
+    config: &'a RunConfig,
+    data: &'a RunData,
+    /// The training batch of every step, when it does not change.
+    fixed: Option<Batch<B>>,
+    device: &'a B::Device,
+    /// `None` only while a step moves it through the update.
+    model: Option<ResNet<B>>,
+    optim: O,
+    schedule: WarmupCosine,
+    /// The warm start of the next sharpness measurement (the last eigenvector, rounded to f32).
+    sharpness_start: Option<Vec<f32>>,
+}
+
+impl<B: AutodiffBackend, O> ResNetStepper<'_, B, O> {
+    fn model(&self) -> Result<&ResNet<B>> {
+        self.model.as_ref().ok_or_else(|| Error::invalid("model", "lost in a failed step"))
+    }
+
+    /// The training images of step `t`: fixed, or augmented with a seed derived from `t`.
+    fn batch(&self, t: usize) -> Result<Batch<B>> {
+        if let Some(b) = &self.fixed {
+            return Ok(b.clone());
+        }
+        let (data, config) = (self.data, self.config);
+        let set =
+            cifar::augment(&data.train, config.augmentation.pad, derive_seed(config.seed, stream::AUGMENT, t as u64));
+        batch_from_images(&set, &data.mean, &data.std, self.device)
+    }
+}
+
+impl<B: AutodiffBackend, O: Optimizer<ResNet<B>, B>> Stepper for ResNetStepper<'_, B, O> {
+    type Record = LogEntry;
+
+    /// # Errors
+    /// A failed update (named with its step); [`Error::Diverged`] for a non-finite gradient norm
+    /// or training loss.
+    fn step(&mut self, t: usize) -> Result<LogEntry> {
+        let config = self.config;
+        let batch = self.batch(t)?;
+        let lr = self.schedule.lr(t);
+        let model = self.model.take().ok_or_else(|| Error::invalid("model", "lost in a failed step"))?;
+        let entry = match &config.mode {
+            Mode::FullBatch { block_size, shuffle_blocks, clip, regulariser_alpha, regulariser_eps, .. } => {
+                let order = if *shuffle_blocks {
+                    BlockOrder::ShuffledBlocks { seed: derive_seed(config.seed, stream::ORDER, t as u64) }
+                } else {
+                    BlockOrder::Sequential
+                };
+                let regulariser = (*regulariser_alpha > 0.0).then_some(Regulariser {
+                    alpha: *regulariser_alpha,
+                    eps: *regulariser_eps,
+                    lr,
+                });
+                let opts = FullBatchOptions { block_size: *block_size, order, regulariser };
+                let (m, report) =
+                    full_batch_step(model, &mut self.optim, &batch, &opts, lr, *clip).map_err(|e| at_step(e, t))?;
+                self.model = Some(m);
+                if !report.grad_norm.is_finite() {
+                    return Err(Error::Diverged { step: t, quantity: "gradient norm".into() });
+                }
+                let clip_factor = match clip {
+                    Some(c) if report.clipped => c / (report.grad_norm + 1e-6),
+                    _ => 1.0,
+                };
+                LogEntry {
+                    step: t + 1,
+                    lr,
+                    train_loss: report.loss,
+                    grad_norm: report.grad_norm,
+                    mean_block_grad_sq_norm: Some(report.mean_block_grad_sq_norm),
+                    regulariser: regulariser.map(|r| r.alpha * lr / 8.0 * report.mean_block_grad_sq_norm),
+                    clip_factor,
+                    // Images now; divided by the step's time by [`StepTiming`].
+                    images_per_s: ((batch.len() / block_size) * block_size) as f64,
+                    ..LogEntry::default()
+                }
+            }
+            Mode::Sgd { batch_size, clip, .. } => {
+                let seed = derive_seed(config.seed, stream::ORDER, t as u64);
+                let (m, e) = sgd_epoch(model, &mut self.optim, &batch, *batch_size, *clip, lr, seed)
+                    .map_err(|e| at_step(e, t))?;
+                self.model = Some(m);
+                LogEntry { step: t + 1, ..e }
+            }
+        };
+        if !entry.train_loss.is_finite() {
+            return Err(Error::Diverged { step: t, quantity: "training loss".into() });
+        }
+        Ok(entry)
+    }
+}
+
+/// The progress bar (drawn from the second step on: the first one shows its own warm-up line)
+/// and the report lines (above the bar, or on stderr without one).
+struct Reporter<'o> {
+    bar: ProgressBar,
+    options: &'o RunOptions<'o>,
+}
+
+impl<'o> Reporter<'o> {
+    fn new(config: &RunConfig, options: &'o RunOptions<'o>, start_step: usize, total: usize) -> Result<Self> {
+        let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::hidden());
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{elapsed_precise}<{eta_precise}] {wide_bar} {pos}/{len} {msg}")
+                .map_err(|e| Error::invalid("progress template", e.to_string()))?,
+        );
+        bar.set_prefix(config.name.clone());
+        bar.set_position(start_step as u64);
+        Ok(Reporter { bar, options })
+    }
+
+    fn line(&self, line: String) {
+        if self.options.progress {
+            self.bar.println(line);
+        } else if self.options.report_evaluations {
+            eprintln!("{line}");
+        }
+    }
+
+    /// The warm-up indicator of a process's first step or evaluation.
+    fn warmup(&self, what: &str) -> Warmup {
+        let show = self.options.progress || self.options.report_evaluations;
+        Warmup::start(what, self.options.kernel_cache.as_ref(), show, self.options.warming_up.clone())
+    }
+}
+
+/// What this process did to the run: the `segments.jsonl` line being built.
+struct SegmentProgress {
+    segment: SegmentRecord,
+    later_step_s: Vec<f64>,
+}
+
+impl SegmentProgress {
+    fn new(start_step: usize, options: &RunOptions<'_>) -> Self {
+        let segment = SegmentRecord {
+            start_step,
+            end_step: start_step,
+            backend: options.backend.clone(),
+            device: options.device.clone(),
+            git_commit: crate::provenance::git_commit(),
+            started_unix_s: unix_now(),
+            kernel_cache: options.kernel_cache.as_ref().map(|c| c.root.clone()),
+            kernels_cached_before: options.kernel_cache.as_ref().map(KernelCache::kernel_count),
+            ..SegmentRecord::default()
+        };
+        SegmentProgress { segment, later_step_s: Vec::new() }
+    }
+
+    fn note_warmup(&mut self, r: &WarmupReport) {
+        if let Some(n) = r.kernels_compiled {
+            self.segment.kernels_compiled_warmup = Some(self.segment.kernels_compiled_warmup.unwrap_or(0) + n);
+        }
+    }
+
+    fn finish(mut self, t: usize, options: &RunOptions<'_>, result: &Result<Control>, stopped: bool) -> SegmentRecord {
+        let s = &mut self.segment;
+        s.end_step = t;
+        s.steady_step_s = median(&self.later_step_s);
+        s.steady_steps = self.later_step_s.len();
+        s.kernels_compiled = options
+            .kernel_cache
+            .as_ref()
+            .zip(s.kernels_cached_before)
+            .map(|(c, before)| c.kernel_count().saturating_sub(before));
+        s.outcome = match result {
+            Ok(_) if stopped => "stopped".into(),
+            Ok(_) => "finished".into(),
+            Err(e) => format!("error: {e}"),
+        };
+        self.segment
+    }
+}
+
+/// Times each step (evaluation excluded) into `step_s` and `images_per_s`; the first step of
+/// the process shows the warm-up line and is recorded apart from the steady ones.
+struct StepTiming<'r> {
+    start_step: usize,
+    reporter: &'r Reporter<'r>,
+    progress: &'r std::cell::RefCell<SegmentProgress>,
+    started: Option<(Instant, Option<Warmup>)>,
+}
+
+impl<S: Stepper<Record = LogEntry>> Observer<S> for StepTiming<'_> {
+    fn before_step(&mut self, _: &mut S, t: usize) -> Result<()> {
+        let warmup = (t == self.start_step).then(|| self.reporter.warmup("first training step"));
+        self.started = Some((Instant::now(), warmup));
+        Ok(())
+    }
+
+    fn after_step(&mut self, _: &mut S, _done: usize, entry: &mut LogEntry) -> Result<Control> {
+        let (started, warmup) = self.started.take().ok_or_else(|| Error::invalid("timing", "no step started"))?;
+        let step_s = started.elapsed().as_secs_f64();
+        entry.step_s = step_s;
+        entry.images_per_s /= step_s.max(1e-12);
+        let mut progress = self.progress.borrow_mut();
+        match warmup {
+            Some(w) => {
+                let r = w.finish();
+                progress.note_warmup(&r);
+                progress.segment.first_step_s = Some(step_s);
+                self.reporter.line(format!(
+                    "first step: {step_s:.1} s{}",
+                    r.kernels_compiled.map_or(String::new(), |n| format!(
+                        " ({n} kernels compiled, cached in {})",
+                        r.kernel_cache.as_deref().map_or("-".into(), |p| p.display().to_string())
+                    ))
+                ));
+                if self.reporter.options.progress {
+                    self.reporter.bar.set_draw_target(ProgressDrawTarget::stderr());
+                }
+            }
+            None => progress.later_step_s.push(step_s),
+        }
+        Ok(Control::Continue)
+    }
+}
+
+/// The inference model's loss and accuracy on the test images and the un-augmented training
+/// images, every `eval_every` steps and at the last.
+struct Evaluation<'r, B: AutodiffBackend> {
+    test: Batch<B::InnerBackend>,
+    train: Batch<B::InnerBackend>,
+    every: usize,
+    total: usize,
+    batch_size: usize,
+    reporter: &'r Reporter<'r>,
+    progress: &'r std::cell::RefCell<SegmentProgress>,
+}
+
+impl<'r, B: AutodiffBackend> Evaluation<'r, B> {
+    fn new(
+        config: &RunConfig,
+        data: &RunData,
+        device: &B::Device,
+        reporter: &'r Reporter<'r>,
+        progress: &'r std::cell::RefCell<SegmentProgress>,
+        total: usize,
+    ) -> Result<Self> {
+        Ok(Evaluation {
+            test: batch_from_images(&data.test, &data.mean, &data.std, device)?,
+            train: batch_from_images(&data.train, &data.mean, &data.std, device)?,
+            every: config.eval_every,
+            total,
+            batch_size: config.eval_batch_size,
+            reporter,
+            progress,
+        })
+    }
+}
+
+impl<B: AutodiffBackend, O: Optimizer<ResNet<B>, B>> Observer<ResNetStepper<'_, B, O>> for Evaluation<'_, B> {
+    fn after_step(&mut self, s: &mut ResNetStepper<'_, B, O>, done: usize, entry: &mut LogEntry) -> Result<Control> {
+        if !done.is_multiple_of(self.every) && done != self.total {
+            return Ok(Control::Continue);
+        }
+        let first =
+            self.progress.borrow().segment.first_eval_s.is_none().then(|| self.reporter.warmup("first evaluation"));
+        let inference = s.model()?.valid();
+        let (tl, ta) = evaluate(&inference, &self.test, self.batch_size)?;
+        let (el, ea) = evaluate(&inference, &self.train, self.batch_size)?;
+        if let Some(w) = first {
+            let r = w.finish();
+            let mut progress = self.progress.borrow_mut();
+            progress.note_warmup(&r);
+            progress.segment.first_eval_s = Some(r.seconds);
+        }
+        (entry.test_loss, entry.test_acc, entry.eval_train_loss, entry.eval_train_acc) =
+            (Some(tl), Some(ta), Some(el), Some(ea));
+        self.reporter.line(format!(
+            "step {done}: lr {:.4}, train loss {:.4}, test loss {tl:.4}, test acc {:.2}%, train acc (inference) {:.2}%",
+            entry.lr,
+            entry.train_loss,
+            100.0 * ta,
+            100.0 * ea
+        ));
+        Ok(Control::Continue)
+    }
+}
+
+/// λ_max of the training loss's Hessian at the steps of `[sharpness]`, warm-started from the
+/// previous eigenvector (kept in the stepper, so checkpoints carry it).
+struct SharpnessMeasurement<'r, B: AutodiffBackend> {
+    /// The configuration and the first `max_images` un-augmented training images.
+    setup: Option<(crate::run_dir::config::SharpnessConfig, Batch<B>)>,
+    seed: u64,
+    block_size: usize,
+    total: usize,
+    reporter: &'r Reporter<'r>,
+}
+
+impl<'r, B: AutodiffBackend> SharpnessMeasurement<'r, B> {
+    fn new(
+        config: &RunConfig,
+        data: &RunData,
+        device: &B::Device,
+        reporter: &'r Reporter<'r>,
+        total: usize,
+    ) -> Result<Self> {
+        let setup = match &config.sharpness {
+            Some(sh) => {
+                let n = sh.max_images.map_or(data.train.len(), |m| m.min(data.train.len()));
+                Some((sh.clone(), batch_from_images(&data.train.head(n), &data.mean, &data.std, device)?))
+            }
+            None => None,
+        };
+        Ok(SharpnessMeasurement { setup, seed: config.seed, block_size: config.block_size(), total, reporter })
+    }
+}
+
+impl<B: AutodiffBackend, O: Optimizer<ResNet<B>, B>> Observer<ResNetStepper<'_, B, O>> for SharpnessMeasurement<'_, B> {
+    fn after_step(&mut self, s: &mut ResNetStepper<'_, B, O>, done: usize, entry: &mut LogEntry) -> Result<Control> {
+        let Some((sh, data)) = &self.setup else { return Ok(Control::Continue) };
+        if !done.is_multiple_of(sh.every) && done != self.total {
+            return Ok(Control::Continue);
+        }
+        let mut params =
+            SharpnessParams::new(sh.bn_mode, self.block_size, derive_seed(self.seed, stream::SHARPNESS, done as u64));
+        (params.tol, params.max_hvps, params.eps_rel) = (sh.tol, sh.max_hvps, sh.eps_rel);
+        let model = s.model()?;
+        let d = model.num_trainable_params();
+        params.start = s
+            .sharpness_start
+            .as_ref()
+            .filter(|v| v.len() == d && v.iter().any(|&x| x != 0.0))
+            .map(|v| v.iter().map(|&x| f64::from(x)).collect());
+        let r = network_lambda_max(model, data, &params).map_err(|e| at_step(e, done - 1))?;
+        (entry.lambda_max, entry.lambda_residual, entry.lambda_hvps, entry.lambda_s) =
+            (Some(r.lambda_max), Some(r.residual), Some(r.hvps), Some(r.wall_s));
+        s.sharpness_start = Some(r.vector.iter().map(|&x| x as f32).collect());
+        self.reporter.line(format!(
+            "step {done}: lambda_max {:.4} (residual {:.2e}, {} HVPs, {:.1} s{})",
+            r.lambda_max,
+            r.residual,
+            r.hvps,
+            r.wall_s,
+            if r.converged { "" } else { ", not converged" }
+        ));
+        Ok(Control::Continue)
+    }
+}
+
+/// Appends each step's line to `log.jsonl` (flushed) with the run's wall time, and moves the bar.
+struct LogWriter<'r> {
+    log: File,
+    path: PathBuf,
+    wall_offset: f64,
+    started: Instant,
+    reporter: &'r Reporter<'r>,
+    last: Option<LogEntry>,
+}
+
+impl<S: Stepper<Record = LogEntry>> Observer<S> for LogWriter<'_> {
+    fn after_step(&mut self, _: &mut S, done: usize, entry: &mut LogEntry) -> Result<Control> {
+        entry.wall_s = self.wall_offset + self.started.elapsed().as_secs_f64();
+        let line = serde_json::to_string(&*entry).map_err(json_error)?;
+        writeln!(self.log, "{line}").and_then(|_| self.log.flush()).map_err(|e| Error::io(&self.path, e))?;
+        self.reporter.bar.set_message(format!("loss {:.4} |g| {:.3e}", entry.train_loss, entry.grad_norm));
+        self.reporter.bar.set_position(done as u64);
+        self.last = Some(entry.clone());
+        Ok(Control::Continue)
+    }
+}
+
+/// Saves a checkpoint every `checkpoint_every` steps, at the last step of the process and when a
+/// stop is requested (then the run stops after this step).
+struct Checkpoints<'a> {
+    dir: &'a Path,
+    end: usize,
+    wall_offset: f64,
+    started: Instant,
+    stop: Option<&'a AtomicBool>,
+}
+
+impl<B: AutodiffBackend, O: Optimizer<ResNet<B>, B>> Observer<ResNetStepper<'_, B, O>> for Checkpoints<'_> {
+    fn after_step(&mut self, s: &mut ResNetStepper<'_, B, O>, done: usize, _: &mut LogEntry) -> Result<Control> {
+        let stop = self.stop.is_some_and(|s| s.load(Ordering::SeqCst));
+        if done.is_multiple_of(s.config.checkpoint_every) || done == self.end || stop {
+            let wall = self.wall_offset + self.started.elapsed().as_secs_f64();
+            save_checkpoint(self.dir, done, s.config.seed, wall, s.model()?, &s.optim, s.sharpness_start.as_deref())?;
+        }
+        Ok(if stop && done < self.end { Control::Stop("stop requested".into()) } else { Control::Continue })
+    }
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
