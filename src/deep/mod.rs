@@ -9,9 +9,9 @@
 //! - [`train`]: training primitives as functions of a model, data tensors and plain numbers.
 //! - [`config`]: run configurations (TOML, validated: unknown keys and impossible values are
 //!   errors naming the key); defined in [`crate::run_dir`], which builds without burn.
-//! - [`run`]: the training loop of `fullbatch train`: run directory, JSONL log, atomic
-//!   checkpoints, exact resume from (seed, step)-derived randomness, divergence and Ctrl-C
-//!   handling; and the device checks (gradient agreement between backends, throughput).
+//! - [`run`]: `fullbatch train` on the [`crate::engine`]: the ResNet stepper and its observers
+//!   (timing, evaluation, sharpness, log, checkpoints), the run directory, atomic checkpoints,
+//!   exact resume from (seed, step)-derived randomness, divergence and Ctrl-C handling.
 //! - [`bench`]: device checks and timings (gradient agreement between backends, throughput, one
 //!   full-batch step).
 //! - [`device`]: the kernel caches of the GPU backends and the visible warm-up of the first
