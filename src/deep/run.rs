@@ -449,8 +449,12 @@ fn truncate_log(path: &Path, keep_until: usize) -> Result<Option<LogEntry>> {
 
 /// Runs (or resumes) the training run of `config` in `dir` on `device`.
 ///
-/// A new run needs `dir` absent or without a log and checkpoints; `options.resume` needs a
-/// checkpoint and the same configuration and backend as stored.
+/// A new run needs `dir` absent or without a log and checkpoints; `options.resume` continues
+/// from the latest checkpoint (or starts over from step 0 when there is none) and needs the
+/// same configuration, and with a checkpoint the same backend, as stored. The steps run on
+/// [`crate::engine::drive`]: a `ResNetStepper` (one full-batch update or SGD epoch) with the
+/// observers `StepTiming`, `Evaluation`, `SharpnessMeasurement`, `LogWriter` and `Checkpoints`,
+/// in that order after each step.
 ///
 /// # Errors
 /// [`Error::InvalidParameter`] for a directory in the wrong state, a configuration that
