@@ -587,8 +587,8 @@ mod burn_cmd {
     /// Set by SIGINT/SIGTERM: the run saves a checkpoint after the current step and exits.
     static STOP: AtomicBool = AtomicBool::new(false);
 
-    /// Ctrl-C (SIGINT) and SIGTERM: during a warm-up (`warming_up`: the first step or
-    /// evaluation of this process, when a GPU compiles kernels for minutes) or in a mode that
+    /// Ctrl-C (SIGINT) and SIGTERM: during a warm-up (`warming_up`: the first step of this
+    /// process, when a GPU compiles kernels for minutes) or in a mode that
     /// writes nothing (`at_once`), exit at once with status 130; else set [`STOP`], so the run
     /// saves a checkpoint after the current step and exits, and a second one exits at once.
     fn install_stop_handler(warming_up: Arc<AtomicBool>, at_once: bool) -> Result<()> {
@@ -599,7 +599,7 @@ mod burn_cmd {
             }
             if warming_up.load(Ordering::SeqCst) {
                 eprintln!(
-                    "interrupted during the warm-up (the first step or evaluation of this process); nothing of it \
+                    "interrupted during the warm-up (the first step of this process); nothing of it \
                      was written: the run directory holds its last checkpoint (or none; --resume then starts over), \
                      and the kernels compiled so far stay in the kernel cache"
                 );

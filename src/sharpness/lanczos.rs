@@ -438,9 +438,10 @@ pub fn lanczos(op: &dyn LinearOperator, params: &LanczosParams) -> Result<Eigenp
             restarts += 1;
         }
     }
-    // Final Rayleigh-Ritz on the span of the locked vectors Q, with the stored products A Q (no
-    // further applications): removes the couplings between locked pairs. Each residual below is
-    // ||A q - lambda q|| from operator outputs.
+    // Final Rayleigh-Ritz on the span of the locked vectors Q, with the stored products A Q:
+    // removes the couplings between locked pairs. Only the unconverged vectors kept on request
+    // cost one more application each. Each residual below is ||A q - lambda q|| from operator
+    // outputs.
     for x in unconverged {
         let ax = counted.apply(&x)?;
         locked.push(x);

@@ -48,31 +48,26 @@
 //! minutes of kernel compilation on a fresh GPU) the command line exits at once instead. A
 //! directory whose run stopped before its first checkpoint starts over from step 0 on resume.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsParams, Optimizer};
-use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
 use super::config::{Dataset, Mode, RunConfig};
-use super::device::{KernelCache, Warmup, WarmupReport};
+use super::device::KernelCache;
 use super::resnet::{ResNet, ResNetConfig};
-use super::sharpness::{SharpnessParams, network_lambda_max};
 use super::train::{
-    self, BlockOrder, FullBatchOptions, Regulariser, WarmupCosine, clip_global_norm, cross_entropy, evaluate,
-    full_batch_step, global_grad_norm, read_scalar,
+    self, BlockOrder, FullBatchOptions, Regulariser, WarmupCosine, clip_global_norm, cross_entropy, full_batch_step,
+    global_grad_norm, read_scalar,
 };
 use super::{Batch, batch_from_images};
 use crate::data::cifar::{self, ImageSet};
@@ -84,6 +79,13 @@ pub use crate::run_dir::{
 use crate::{Error, Result};
 
 /// Random streams of [`derive_seed`].
+mod checkpoint;
+mod observers;
+
+use checkpoint::{json_error, load_checkpoint, load_sharpness_start, save_checkpoint, truncate_log, write_atomic};
+
+use observers::{Checkpoints, Evaluation, LogWriter, Reporter, SegmentProgress, SharpnessMeasurement, StepTiming};
+
 pub mod stream {
     /// The synthetic data set.
     pub const DATA: u64 = 1;
@@ -140,9 +142,10 @@ pub struct RunOptions<'a> {
     /// Where the backend caches compiled kernels (GPU backends compiling at run time): the
     /// warm-up line counts the kernels compiled into it, and [`SegmentRecord`] records them.
     pub kernel_cache: Option<KernelCache>,
-    /// True while the first step (and the first evaluation) of this process runs, when kernels
-    /// are compiled: a signal handler may then exit at once instead of waiting for the step to
-    /// end (nothing is being written to the run directory meanwhile).
+    /// True while the first step of this process runs, when kernels are compiled: a signal
+    /// handler may then exit at once instead of waiting for the step to end (nothing is being
+    /// written to the run directory meanwhile). Not set during the first evaluation, which may
+    /// come many steps after the last checkpoint.
     pub warming_up: Option<Arc<AtomicBool>>,
 }
 
@@ -277,174 +280,6 @@ pub fn build_model<B: Backend>(
         .with_in_channels(channels)
         .with_num_classes(classes)
         .init(device, config.seed)
-}
-
-/// `state.json` of a checkpoint.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CheckpointState {
-    step: usize,
-    seed: u64,
-    wall_s: f64,
-}
-
-/// Writes `text` to `path` through a temporary file and a rename.
-fn write_atomic(path: &Path, text: &[u8]) -> Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        std::process::id()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(text)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| Error::io(path, e))
-}
-
-fn json_error(e: serde_json::Error) -> Error {
-    Error::invalid("json", e.to_string())
-}
-
-fn recorder_error(path: &Path, e: impl std::fmt::Debug) -> Error {
-    Error::bad_file(path, format!("checkpoint record: {e:?}"))
-}
-
-/// Saves model, optimizer state and step as `checkpoints/step-NNNNNN` (atomically), points
-/// `checkpoints/latest` at it and removes all but the two newest checkpoints.
-fn save_checkpoint<B, O>(
-    dir: &Path,
-    step: usize,
-    seed: u64,
-    wall_s: f64,
-    model: &ResNet<B>,
-    optim: &O,
-    sharpness_start: Option<&[f32]>,
-) -> Result<()>
-where
-    B: AutodiffBackend,
-    O: Optimizer<ResNet<B>, B>,
-{
-    let root = dir.join("checkpoints");
-    fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
-    let name = format!("step-{step:06}");
-    let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
-    let model_path = tmp.join("model");
-    Recorder::<B>::record(&recorder, model.clone().into_record(), model_path.clone())
-        .map_err(|e| recorder_error(&model_path, e))?;
-    let optim_path = tmp.join("optim");
-    Recorder::<B>::record(&recorder, optim.to_record(), optim_path.clone())
-        .map_err(|e| recorder_error(&optim_path, e))?;
-    let state = serde_json::to_vec_pretty(&CheckpointState { step, seed, wall_s }).map_err(json_error)?;
-    write_atomic(&tmp.join("state.json"), &state)?;
-    if let Some(v) = sharpness_start {
-        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        write_atomic(&tmp.join(SHARPNESS_START), &bytes)?;
-    }
-    for f in ["model.bin", "optim.bin"] {
-        let p = tmp.join(f);
-        File::open(&p).and_then(|f| f.sync_all()).map_err(|e| Error::io(&p, e))?;
-    }
-    let fin = root.join(&name);
-    if fin.exists() {
-        fs::remove_dir_all(&fin).map_err(|e| Error::io(&fin, e))?;
-    }
-    fs::rename(&tmp, &fin).map_err(|e| Error::io(&fin, e))?;
-    write_atomic(&root.join("latest"), name.as_bytes())?;
-    // Keep the two newest checkpoints.
-    let mut steps: Vec<(usize, PathBuf)> = fs::read_dir(&root)
-        .map_err(|e| Error::io(&root, e))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.strip_prefix("step-").and_then(|s| s.parse::<usize>().ok()).map(|s| (s, e.path()))
-        })
-        .collect();
-    steps.sort();
-    let keep_from = steps.len().saturating_sub(2);
-    for (s, p) in &steps[..keep_from] {
-        if *s != step {
-            fs::remove_dir_all(p).map_err(|e| Error::io(p, e))?;
-        }
-    }
-    Ok(())
-}
-
-/// The file of a checkpoint with the warm start of the next sharpness measurement.
-const SHARPNESS_START: &str = "sharpness_start.bin";
-
-/// Reads the warm start of a checkpoint (`None` if it has none).
-fn load_sharpness_start(checkpoint: &Path) -> Result<Option<Vec<f32>>> {
-    let path = checkpoint.join(SHARPNESS_START);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    if bytes.len() % 4 != 0 {
-        return Err(Error::bad_file(&path, format!("{} bytes is not a whole number of f32", bytes.len())));
-    }
-    Ok(Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
-}
-
-/// Loads a checkpoint into `model` and `optim`.
-fn load_checkpoint<B, O>(
-    path: &Path,
-    model: ResNet<B>,
-    optim: O,
-    device: &B::Device,
-) -> Result<(ResNet<B>, O, CheckpointState)>
-where
-    B: AutodiffBackend,
-    O: Optimizer<ResNet<B>, B>,
-{
-    let recorder = BinFileRecorder::<FullPrecisionSettings>::new();
-    let model_path = path.join("model");
-    let record =
-        Recorder::<B>::load(&recorder, model_path.clone(), device).map_err(|e| recorder_error(&model_path, e))?;
-    let model = model.load_record(record);
-    let optim_path = path.join("optim");
-    let record =
-        Recorder::<B>::load(&recorder, optim_path.clone(), device).map_err(|e| recorder_error(&optim_path, e))?;
-    let optim = optim.load_record(record);
-    let state_path = path.join("state.json");
-    let text = fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
-    let state: CheckpointState =
-        serde_json::from_str(&text).map_err(|e| Error::bad_file(&state_path, e.to_string()))?;
-    Ok((model, optim, state))
-}
-
-/// Reads `log.jsonl`, keeps the lines with `step <= keep_until` and rewrites it atomically.
-fn truncate_log(path: &Path, keep_until: usize) -> Result<Option<LogEntry>> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut kept = String::new();
-    let mut last = None;
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| Error::io(path, e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let entry: LogEntry =
-            serde_json::from_str(&line).map_err(|e| Error::bad_file(path, format!("line {}: {e}", i + 1)))?;
-        if entry.step <= keep_until {
-            kept.push_str(&line);
-            kept.push('\n');
-            last = Some(entry);
-        }
-    }
-    write_atomic(path, kept.as_bytes())?;
-    Ok(last)
 }
 
 /// Runs (or resumes) the training run of `config` in `dir` on `device`.
@@ -687,298 +522,6 @@ impl<B: AutodiffBackend, O: Optimizer<ResNet<B>, B>> Stepper for ResNetStepper<'
             return Err(Error::Diverged { step: t, quantity: "training loss".into() });
         }
         Ok(entry)
-    }
-}
-
-/// The progress bar (drawn from the second step on: the first one shows its own warm-up line)
-/// and the report lines (above the bar, or on stderr without one).
-struct Reporter<'o> {
-    bar: ProgressBar,
-    options: &'o RunOptions<'o>,
-}
-
-impl<'o> Reporter<'o> {
-    fn new(config: &RunConfig, options: &'o RunOptions<'o>, start_step: usize, total: usize) -> Result<Self> {
-        let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::hidden());
-        bar.set_style(
-            ProgressStyle::with_template("{prefix} [{elapsed_precise}<{eta_precise}] {wide_bar} {pos}/{len} {msg}")
-                .map_err(|e| Error::invalid("progress template", e.to_string()))?,
-        );
-        bar.set_prefix(config.name.clone());
-        bar.set_position(start_step as u64);
-        Ok(Reporter { bar, options })
-    }
-
-    fn line(&self, line: String) {
-        if self.options.progress {
-            self.bar.println(line);
-        } else if self.options.report_evaluations {
-            eprintln!("{line}");
-        }
-    }
-
-    /// The warm-up indicator of a process's first step or evaluation.
-    fn warmup(&self, what: &str) -> Warmup {
-        let show = self.options.progress || self.options.report_evaluations;
-        Warmup::start(what, self.options.kernel_cache.as_ref(), show, self.options.warming_up.clone())
-    }
-}
-
-/// What this process did to the run: the `segments.jsonl` line being built.
-struct SegmentProgress {
-    segment: SegmentRecord,
-    later_step_s: Vec<f64>,
-}
-
-impl SegmentProgress {
-    fn new(start_step: usize, options: &RunOptions<'_>) -> Self {
-        let segment = SegmentRecord {
-            start_step,
-            end_step: start_step,
-            backend: options.backend.clone(),
-            device: options.device.clone(),
-            git_commit: crate::provenance::git_commit(),
-            started_unix_s: unix_now(),
-            kernel_cache: options.kernel_cache.as_ref().map(|c| c.root.clone()),
-            kernels_cached_before: options.kernel_cache.as_ref().map(KernelCache::kernel_count),
-            ..SegmentRecord::default()
-        };
-        SegmentProgress { segment, later_step_s: Vec::new() }
-    }
-
-    fn note_warmup(&mut self, r: &WarmupReport) {
-        if let Some(n) = r.kernels_compiled {
-            self.segment.kernels_compiled_warmup = Some(self.segment.kernels_compiled_warmup.unwrap_or(0) + n);
-        }
-    }
-
-    fn finish(mut self, t: usize, options: &RunOptions<'_>, result: &Result<Control>, stopped: bool) -> SegmentRecord {
-        let s = &mut self.segment;
-        s.end_step = t;
-        s.steady_step_s = median(&self.later_step_s);
-        s.steady_steps = self.later_step_s.len();
-        s.kernels_compiled = options
-            .kernel_cache
-            .as_ref()
-            .zip(s.kernels_cached_before)
-            .map(|(c, before)| c.kernel_count().saturating_sub(before));
-        s.outcome = match result {
-            Ok(_) if stopped => "stopped".into(),
-            Ok(_) => "finished".into(),
-            Err(e) => format!("error: {e}"),
-        };
-        self.segment
-    }
-}
-
-/// Times each step (evaluation excluded) into `step_s` and `images_per_s`; the first step of
-/// the process shows the warm-up line and is recorded apart from the steady ones.
-struct StepTiming<'r> {
-    start_step: usize,
-    reporter: &'r Reporter<'r>,
-    progress: &'r std::cell::RefCell<SegmentProgress>,
-    started: Option<(Instant, Option<Warmup>)>,
-}
-
-impl<S: Stepper<Record = LogEntry>> Observer<S> for StepTiming<'_> {
-    fn before_step(&mut self, _: &mut S, t: usize) -> Result<()> {
-        let warmup = (t == self.start_step).then(|| self.reporter.warmup("first training step"));
-        self.started = Some((Instant::now(), warmup));
-        Ok(())
-    }
-
-    fn after_step(&mut self, _: &mut S, _done: usize, entry: &mut LogEntry) -> Result<Control> {
-        let (started, warmup) = self.started.take().ok_or_else(|| Error::invalid("timing", "no step started"))?;
-        let step_s = started.elapsed().as_secs_f64();
-        entry.step_s = step_s;
-        entry.images_per_s /= step_s.max(1e-12);
-        let mut progress = self.progress.borrow_mut();
-        match warmup {
-            Some(w) => {
-                let r = w.finish();
-                progress.note_warmup(&r);
-                progress.segment.first_step_s = Some(step_s);
-                self.reporter.line(format!(
-                    "first step: {step_s:.1} s{}",
-                    r.kernels_compiled.map_or(String::new(), |n| format!(
-                        " ({n} kernels compiled, cached in {})",
-                        r.kernel_cache.as_deref().map_or("-".into(), |p| p.display().to_string())
-                    ))
-                ));
-                if self.reporter.options.progress {
-                    self.reporter.bar.set_draw_target(ProgressDrawTarget::stderr());
-                }
-            }
-            None => progress.later_step_s.push(step_s),
-        }
-        Ok(Control::Continue)
-    }
-}
-
-/// The inference model's loss and accuracy on the test images and the un-augmented training
-/// images, every `eval_every` steps and at the last.
-struct Evaluation<'r, B: AutodiffBackend> {
-    test: Batch<B::InnerBackend>,
-    train: Batch<B::InnerBackend>,
-    every: usize,
-    total: usize,
-    batch_size: usize,
-    reporter: &'r Reporter<'r>,
-    progress: &'r std::cell::RefCell<SegmentProgress>,
-}
-
-impl<'r, B: AutodiffBackend> Evaluation<'r, B> {
-    fn new(
-        config: &RunConfig,
-        data: &RunData,
-        device: &B::Device,
-        reporter: &'r Reporter<'r>,
-        progress: &'r std::cell::RefCell<SegmentProgress>,
-        total: usize,
-    ) -> Result<Self> {
-        Ok(Evaluation {
-            test: batch_from_images(&data.test, &data.mean, &data.std, device)?,
-            train: batch_from_images(&data.train, &data.mean, &data.std, device)?,
-            every: config.eval_every,
-            total,
-            batch_size: config.eval_batch_size,
-            reporter,
-            progress,
-        })
-    }
-}
-
-impl<B: AutodiffBackend, O: Optimizer<ResNet<B>, B>> Observer<ResNetStepper<'_, B, O>> for Evaluation<'_, B> {
-    fn after_step(&mut self, s: &mut ResNetStepper<'_, B, O>, done: usize, entry: &mut LogEntry) -> Result<Control> {
-        if !done.is_multiple_of(self.every) && done != self.total {
-            return Ok(Control::Continue);
-        }
-        let first =
-            self.progress.borrow().segment.first_eval_s.is_none().then(|| self.reporter.warmup("first evaluation"));
-        let inference = s.model()?.valid();
-        let (tl, ta) = evaluate(&inference, &self.test, self.batch_size)?;
-        let (el, ea) = evaluate(&inference, &self.train, self.batch_size)?;
-        if let Some(w) = first {
-            let r = w.finish();
-            let mut progress = self.progress.borrow_mut();
-            progress.note_warmup(&r);
-            progress.segment.first_eval_s = Some(r.seconds);
-        }
-        (entry.test_loss, entry.test_acc, entry.eval_train_loss, entry.eval_train_acc) =
-            (Some(tl), Some(ta), Some(el), Some(ea));
-        self.reporter.line(format!(
-            "step {done}: lr {:.4}, train loss {:.4}, test loss {tl:.4}, test acc {:.2}%, train acc (inference) {:.2}%",
-            entry.lr,
-            entry.train_loss,
-            100.0 * ta,
-            100.0 * ea
-        ));
-        Ok(Control::Continue)
-    }
-}
-
-/// λ_max of the training loss's Hessian at the steps of `[sharpness]`, warm-started from the
-/// previous eigenvector (kept in the stepper, so checkpoints carry it).
-struct SharpnessMeasurement<'r, B: AutodiffBackend> {
-    /// The configuration and the first `max_images` un-augmented training images.
-    setup: Option<(crate::run_dir::config::SharpnessConfig, Batch<B>)>,
-    seed: u64,
-    block_size: usize,
-    total: usize,
-    reporter: &'r Reporter<'r>,
-}
-
-impl<'r, B: AutodiffBackend> SharpnessMeasurement<'r, B> {
-    fn new(
-        config: &RunConfig,
-        data: &RunData,
-        device: &B::Device,
-        reporter: &'r Reporter<'r>,
-        total: usize,
-    ) -> Result<Self> {
-        let setup = match &config.sharpness {
-            Some(sh) => {
-                let n = sh.max_images.map_or(data.train.len(), |m| m.min(data.train.len()));
-                Some((sh.clone(), batch_from_images(&data.train.head(n), &data.mean, &data.std, device)?))
-            }
-            None => None,
-        };
-        Ok(SharpnessMeasurement { setup, seed: config.seed, block_size: config.block_size(), total, reporter })
-    }
-}
-
-impl<B: AutodiffBackend, O: Optimizer<ResNet<B>, B>> Observer<ResNetStepper<'_, B, O>> for SharpnessMeasurement<'_, B> {
-    fn after_step(&mut self, s: &mut ResNetStepper<'_, B, O>, done: usize, entry: &mut LogEntry) -> Result<Control> {
-        let Some((sh, data)) = &self.setup else { return Ok(Control::Continue) };
-        if !done.is_multiple_of(sh.every) && done != self.total {
-            return Ok(Control::Continue);
-        }
-        let mut params =
-            SharpnessParams::new(sh.bn_mode, self.block_size, derive_seed(self.seed, stream::SHARPNESS, done as u64));
-        (params.tol, params.max_hvps, params.eps_rel) = (sh.tol, sh.max_hvps, sh.eps_rel);
-        let model = s.model()?;
-        let d = model.num_trainable_params();
-        params.start = s
-            .sharpness_start
-            .as_ref()
-            .filter(|v| v.len() == d && v.iter().any(|&x| x != 0.0))
-            .map(|v| v.iter().map(|&x| f64::from(x)).collect());
-        let r = network_lambda_max(model, data, &params).map_err(|e| at_step(e, done - 1))?;
-        (entry.lambda_max, entry.lambda_residual, entry.lambda_hvps, entry.lambda_s) =
-            (Some(r.lambda_max), Some(r.residual), Some(r.hvps), Some(r.wall_s));
-        s.sharpness_start = Some(r.vector.iter().map(|&x| x as f32).collect());
-        self.reporter.line(format!(
-            "step {done}: lambda_max {:.4} (residual {:.2e}, {} HVPs, {:.1} s{})",
-            r.lambda_max,
-            r.residual,
-            r.hvps,
-            r.wall_s,
-            if r.converged { "" } else { ", not converged" }
-        ));
-        Ok(Control::Continue)
-    }
-}
-
-/// Appends each step's line to `log.jsonl` (flushed) with the run's wall time, and moves the bar.
-struct LogWriter<'r> {
-    log: File,
-    path: PathBuf,
-    wall_offset: f64,
-    started: Instant,
-    reporter: &'r Reporter<'r>,
-    last: Option<LogEntry>,
-}
-
-impl<S: Stepper<Record = LogEntry>> Observer<S> for LogWriter<'_> {
-    fn after_step(&mut self, _: &mut S, done: usize, entry: &mut LogEntry) -> Result<Control> {
-        entry.wall_s = self.wall_offset + self.started.elapsed().as_secs_f64();
-        let line = serde_json::to_string(&*entry).map_err(json_error)?;
-        writeln!(self.log, "{line}").and_then(|_| self.log.flush()).map_err(|e| Error::io(&self.path, e))?;
-        self.reporter.bar.set_message(format!("loss {:.4} |g| {:.3e}", entry.train_loss, entry.grad_norm));
-        self.reporter.bar.set_position(done as u64);
-        self.last = Some(entry.clone());
-        Ok(Control::Continue)
-    }
-}
-
-/// Saves a checkpoint every `checkpoint_every` steps, at the last step of the process and when a
-/// stop is requested (then the run stops after this step).
-struct Checkpoints<'a> {
-    dir: &'a Path,
-    end: usize,
-    wall_offset: f64,
-    started: Instant,
-    stop: Option<&'a AtomicBool>,
-}
-
-impl<B: AutodiffBackend, O: Optimizer<ResNet<B>, B>> Observer<ResNetStepper<'_, B, O>> for Checkpoints<'_> {
-    fn after_step(&mut self, s: &mut ResNetStepper<'_, B, O>, done: usize, _: &mut LogEntry) -> Result<Control> {
-        let stop = self.stop.is_some_and(|s| s.load(Ordering::SeqCst));
-        if done.is_multiple_of(s.config.checkpoint_every) || done == self.end || stop {
-            let wall = self.wall_offset + self.started.elapsed().as_secs_f64();
-            save_checkpoint(self.dir, done, s.config.seed, wall, s.model()?, &s.optim, s.sharpness_start.as_deref())?;
-        }
-        Ok(if stop && done < self.end { Control::Stop("stop requested".into()) } else { Control::Continue })
     }
 }
 
