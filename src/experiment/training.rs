@@ -1,0 +1,275 @@
+//! One toy run on the [`crate::engine`]: the stepper (GD, SGD on reshuffled minibatches, or GD
+//! on a regularised loss), the evaluations with their λ_max and divergence stop, and the gradient
+//! flows advanced beside GD for the flow comparisons.
+
+use std::time::Instant;
+
+use ndarray::Array1;
+
+use super::{
+    DIVERGED_FACTOR, Evaluation, ExperimentConfig, FlowComparison, MeasureConfig, Regulariser, RunResult, Variant,
+};
+use crate::bea::{GdFlow, gd_modified_field};
+use crate::data::Dataset;
+use crate::engine::{Control, Observer, Stepper, drive};
+use crate::integrate::{AdaptiveParams, dormand_prince};
+use crate::models::Network;
+use crate::objective::{FiniteSum, GradientNormPenalty, MinibatchGradientPenalty, Objective};
+use crate::optim::{BatchSampler, Sampling};
+use crate::sharpness::trace::{DensityParams, hutch_plus_plus, spectral_density};
+use crate::sharpness::{HessianOperator, LanczosParams, lanczos};
+use crate::{Error, Result};
+
+/// One variant with one seed: the evaluations along the way and the result.
+pub(super) fn run_one(
+    config: &ExperimentConfig,
+    variant: &Variant,
+    seed: u64,
+    net: &Network,
+    test_net: &Network,
+    train: &Dataset,
+    test: &Dataset,
+) -> Result<(RunResult, Vec<Evaluation>)> {
+    let started = Instant::now();
+    let train_labels = train.labels().ok_or_else(|| Error::invalid("data", "training set has no class labels"))?;
+    let test_labels = test.labels().ok_or_else(|| Error::invalid("data", "test set has no class labels"))?;
+    let theta = net.initial_parameters(seed);
+    let n = net.n_examples();
+    let sampler = match variant.batch_size {
+        Some(b) => Some(BatchSampler::new(Sampling::Reshuffle { batch_size: b }, n, seed)?),
+        None => None,
+    };
+    let blocks: Vec<Vec<usize>> = match variant.regulariser_batch_size {
+        Some(b) => (0..n / b).map(|k| (k * b..(k + 1) * b).collect()).collect(),
+        None => Vec::new(),
+    };
+    let sgd_penalty = MinibatchGradientPenalty {
+        inner: net,
+        coefficient: variant.lr / (4.0 * blocks.len().max(1) as f64),
+        blocks: blocks.clone(),
+    };
+    let gd_penalty = GradientNormPenalty { inner: net, coefficient: variant.lr / 4.0 };
+    let mut warm: Option<Array1<f64>> = None;
+    let mut evaluations = Vec::new();
+    let evaluate = |theta: &Array1<f64>, step: usize, warm: &mut Option<Array1<f64>>| -> Result<Evaluation> {
+        let (train_loss, g) = net.loss_and_gradient(theta.view());
+        let (lambda_max, lambda_residual) = if config.measure.sharpness {
+            let op = HessianOperator { objective: net, theta: theta.clone() };
+            let params = LanczosParams {
+                k: 1,
+                tol: config.measure.sharpness_tol,
+                seed,
+                start: warm.clone(),
+                ..LanczosParams::default()
+            };
+            let e = lanczos(&op, &params)?;
+            *warm = Some(e.vectors.column(0).to_owned());
+            (e.values.first().copied(), e.residuals.first().copied())
+        } else {
+            (None, None)
+        };
+        Ok(Evaluation {
+            variant: variant.label.clone(),
+            seed,
+            step,
+            train_loss,
+            train_accuracy: net.accuracy(theta.view(), train.inputs.view(), train_labels),
+            test_loss: test_net.loss(theta.view()),
+            test_accuracy: test_net.accuracy(theta.view(), test.inputs.view(), test_labels),
+            gradient_norm: g.dot(&g).sqrt(),
+            lambda_max,
+            lambda_residual,
+            flow: None,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    };
+    let theta0 = theta.clone();
+    let mut flows =
+        (config.measure.gradient_flow && variant.batch_size.is_none() && variant.regulariser == Regulariser::None)
+            .then(|| Flows::new(net, &theta0, variant.lr, &config.measure));
+    let mut first = evaluate(&theta, 0, &mut warm)?;
+    if let Some(f) = &mut flows {
+        first.flow = Some(f.compare(&theta, &theta0, 0, seed)?);
+    }
+    let first_loss = first.train_loss;
+    evaluations.push(first);
+    let mut stepper =
+        ToyStepper { net, theta, lr: variant.lr, sampler, regulariser: variant.regulariser, sgd_penalty, gd_penalty };
+    let mut evaluator = ToyEvaluations {
+        every: variant.every.unwrap_or(config.measure.every),
+        steps: variant.steps,
+        evaluate,
+        warm,
+        first_loss,
+        flows,
+        flow_until: config.measure.flow_until,
+        theta0: &theta0,
+        seed,
+        evaluations,
+    };
+    let end = drive(&mut stepper, 0, variant.steps, &mut [&mut evaluator]);
+    let diverged = match end.result {
+        Ok(Control::Continue) => None,
+        Ok(Control::Stop(reason)) => Some(reason),
+        Err(Error::Diverged { step, quantity }) => Some(format!("{quantity} at step {step}")),
+        Err(e) => return Err(e),
+    };
+    let (theta, evaluations) = (stepper.theta, evaluator.evaluations);
+    let trace = if config.measure.trace_budget >= 6 && diverged.is_none() {
+        let op = HessianOperator { objective: net, theta: theta.clone() };
+        let t = hutch_plus_plus(&op, config.measure.trace_budget, seed)?;
+        Some((t.estimate, t.stderr))
+    } else {
+        None
+    };
+    let density = if config.measure.density && diverged.is_none() && config.seeds.first() == Some(&seed) {
+        let op = HessianOperator { objective: net, theta: theta.clone() };
+        Some(spectral_density(&op, &DensityParams { seed, ..DensityParams::default() })?)
+    } else {
+        None
+    };
+    let last = evaluations.last().cloned().ok_or_else(|| Error::invalid("steps", "no evaluation"))?;
+    Ok((RunResult { variant: variant.label.clone(), seed, last, trace, diverged, density }, evaluations))
+}
+
+/// The toy training state: one step of GD, of SGD on the sampler's next minibatch, or of GD
+/// on a regularised loss.
+struct ToyStepper<'a> {
+    net: &'a Network,
+    theta: Array1<f64>,
+    lr: f64,
+    sampler: Option<BatchSampler>,
+    regulariser: Regulariser,
+    sgd_penalty: MinibatchGradientPenalty<'a, Network>,
+    gd_penalty: GradientNormPenalty<&'a Network>,
+}
+
+impl Stepper for ToyStepper<'_> {
+    type Record = ();
+
+    /// # Errors
+    /// [`Error::Diverged`] for a non-finite gradient or iterate (quantity and the 0-based step).
+    fn step(&mut self, step: usize) -> Result<()> {
+        let theta = self.theta.view();
+        let g = match (&mut self.sampler, self.regulariser) {
+            (Some(s), _) => match s.next_batch() {
+                Some(batch) => self.net.batch_gradient(theta, &batch),
+                None => self.net.gradient(theta),
+            },
+            (None, Regulariser::None) => self.net.gradient(theta),
+            (None, Regulariser::Sgd) => self.sgd_penalty.gradient(theta),
+            (None, Regulariser::Gd) => self.gd_penalty.gradient(theta),
+        };
+        if !g.iter().all(|x| x.is_finite()) {
+            return Err(Error::Diverged { step, quantity: "non-finite gradient".into() });
+        }
+        let next = &self.theta - &(g * self.lr);
+        if !next.iter().all(|x| x.is_finite()) {
+            return Err(Error::Diverged { step, quantity: "non-finite iterate".into() });
+        }
+        self.theta = next;
+        Ok(())
+    }
+}
+
+/// The toy run's evaluations every `every` steps and at the end: losses, accuracies, λ_max
+/// (`evaluate`), the flow comparisons, and the stop when the training loss exceeds
+/// [`DIVERGED_FACTOR`] times its first value.
+struct ToyEvaluations<'a, 'n, F> {
+    every: usize,
+    steps: usize,
+    evaluate: F,
+    warm: Option<Array1<f64>>,
+    first_loss: f64,
+    flows: Option<Flows<'n>>,
+    flow_until: Option<f64>,
+    theta0: &'a Array1<f64>,
+    seed: u64,
+    evaluations: Vec<Evaluation>,
+}
+
+impl<'s, F> Observer<ToyStepper<'s>> for ToyEvaluations<'_, '_, F>
+where
+    F: FnMut(&Array1<f64>, usize, &mut Option<Array1<f64>>) -> Result<Evaluation>,
+{
+    fn after_step(&mut self, stepper: &mut ToyStepper<'s>, done: usize, _: &mut ()) -> Result<Control> {
+        if !done.is_multiple_of(self.every) && done != self.steps {
+            return Ok(Control::Continue);
+        }
+        let mut e = (self.evaluate)(&stepper.theta, done, &mut self.warm)?;
+        if !(e.train_loss.is_finite() && e.train_loss <= DIVERGED_FACTOR * self.first_loss) {
+            return Ok(Control::Stop(format!("training loss {:.3e} at step {done}", e.train_loss)));
+        }
+        if let Some(f) = &mut self.flows
+            && self.flow_until.is_none_or(|t| done as f64 * stepper.lr <= t * (1.0 + 1e-12))
+        {
+            e.flow = Some(f.compare(&stepper.theta, self.theta0, done, self.seed)?);
+        }
+        self.evaluations.push(e);
+        Ok(Control::Continue)
+    }
+}
+
+/// The gradient flow and GD's modified flow from $\theta_0$, advanced alongside a GD run.
+struct Flows<'a> {
+    net: &'a Network,
+    h: f64,
+    params: AdaptiveParams,
+    plain: Array1<f64>,
+    modified: Option<Array1<f64>>,
+    time: f64,
+    plain_error: f64,
+    modified_error: f64,
+    warm: Option<Array1<f64>>,
+}
+
+impl<'a> Flows<'a> {
+    fn new(net: &'a Network, theta0: &Array1<f64>, h: f64, measure: &MeasureConfig) -> Self {
+        let rtol = measure.flow_rtol;
+        Flows {
+            net,
+            h,
+            params: AdaptiveParams { rtol, atol: rtol * 1e-3, ..AdaptiveParams::default() },
+            plain: theta0.clone(),
+            modified: measure.modified_flow.then(|| theta0.clone()),
+            time: 0.0,
+            plain_error: 0.0,
+            modified_error: 0.0,
+            warm: None,
+        }
+    }
+
+    /// Advances both flows to $t = \text{step}\cdot h$ and compares them with the iterate.
+    fn compare(&mut self, theta: &Array1<f64>, theta0: &Array1<f64>, step: usize, seed: u64) -> Result<FlowComparison> {
+        let t = step as f64 * self.h;
+        let dt = t - self.time;
+        if dt > 0.0 {
+            let plain = gd_modified_field(self.net, GdFlow::Plain, self.h);
+            let (next, info) = dormand_prince(&plain, self.plain.view(), dt, &self.params)?;
+            self.plain = next;
+            self.plain_error += info.error_estimate;
+            if let Some(state) = &mut self.modified {
+                let modified = gd_modified_field(self.net, GdFlow::FirstOrder, self.h);
+                let (next, info) = dormand_prince(&modified, state.view(), dt, &self.params)?;
+                *state = next;
+                self.modified_error += info.error_estimate;
+            }
+            self.time = t;
+        }
+        let op = HessianOperator { objective: self.net, theta: self.plain.clone() };
+        let params = LanczosParams { k: 1, tol: 1e-6, seed, start: self.warm.clone(), ..LanczosParams::default() };
+        let e = lanczos(&op, &params)?;
+        self.warm = Some(e.vectors.column(0).to_owned());
+        let distance = |a: &Array1<f64>, b: &Array1<f64>| (a - b).mapv(|x| x * x).sum().sqrt();
+        Ok(FlowComparison {
+            time: t,
+            plain_distance: distance(theta, &self.plain),
+            modified_distance: self.modified.as_ref().map(|m| distance(theta, m)),
+            travelled: distance(theta, theta0),
+            flow_train_loss: self.net.loss(self.plain.view()),
+            flow_lambda_max: e.values.first().copied().unwrap_or(f64::NAN),
+            flow_lambda_residual: e.residuals.first().copied().unwrap_or(f64::NAN),
+            error_bound: self.plain_error.max(self.modified_error),
+        })
+    }
+}
