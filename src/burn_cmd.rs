@@ -17,14 +17,14 @@ use fullbatch::deep::run::{self, RunOptions};
 
 /// The backend to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BackendChoice {
+pub(crate) enum BackendChoice {
     /// burn's Flex CPU backend (f32).
     Cpu,
     /// burn's CUDA backend (f32, TF32 tensor cores; needs the `cuda` feature). Kernels are
     /// compiled at run time and cached (see --kernel-cache).
     Cuda,
-    /// burn's LibTorch backend (f32; needs the `tch` feature and libtorch): CUDA device 0
-    /// with cuDNN benchmark mode when libtorch sees a GPU, else the CPU.
+    /// burn's LibTorch backend (f32; needs the `tch` feature and libtorch): a CUDA device
+    /// (--device) with cuDNN benchmark mode when libtorch sees a GPU, else the CPU.
     Tch,
     /// burn's LibTorch backend on the CPU.
     TchCpu,
@@ -43,6 +43,9 @@ pub struct BackendArgs {
     /// ~/.cache/fullbatch/kernels/<gpu>-cubecl-0.10). Delete the directory to clear it.
     #[arg(long, value_name = "DIR")]
     kernel_cache: Option<PathBuf>,
+    /// The GPU to run on (cuda and tch: its CUDA index); the cpu backends have only device 0.
+    #[arg(long, default_value_t = 0, value_name = "INDEX")]
+    device: usize,
 }
 
 /// The options of `fullbatch train`.
@@ -76,6 +79,10 @@ pub struct TrainArgs {
     /// defaults, stay). It becomes part of the run's stored configuration.
     #[arg(long, value_name = "N")]
     sharpness_every: Option<usize>,
+    /// Train with this seed instead of the configuration's (weights, data order, augmentation);
+    /// it becomes part of the run's stored configuration.
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
 }
 
 /// `fullbatch device ...`: checks and timings of a backend, and its kernel cache.
@@ -206,16 +213,59 @@ trait Job {
     fn run<B: AutodiffBackend>(self, device: &B::Device, setup: Setup) -> Result<ExitCode>;
 }
 
-/// The name of GPU 0 from nvidia-smi ("cuda device 0" when it cannot say).
-fn gpu_name() -> String {
+/// The name of GPU `index` from nvidia-smi ("cuda device INDEX" when it cannot say).
+fn gpu_name(index: usize) -> String {
     std::process::Command::new("nvidia-smi")
-        .args(["--query-gpu=name", "--format=csv,noheader", "-i", "0"])
+        .args(["--query-gpu=name", "--format=csv,noheader", "-i", &index.to_string()])
         .output()
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or_default().trim().to_string())
         .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "cuda device 0".into())
+        .unwrap_or_else(|| format!("cuda device {index}"))
+}
+
+/// The number of CUDA devices a process started now would see: the entries of
+/// `CUDA_VISIBLE_DEVICES` when it is set, else the GPUs nvidia-smi lists (0 without it).
+pub(crate) fn cuda_device_count() -> usize {
+    if let Ok(visible) = std::env::var("CUDA_VISIBLE_DEVICES") {
+        return visible.split(',').filter(|d| !d.trim().is_empty()).count();
+    }
+    std::process::Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or(0, |o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with("GPU ")).count())
+}
+
+/// Checks that `backend` has device `index`.
+///
+/// # Errors
+/// Naming the index and the devices there are.
+pub(crate) fn check_device(backend: BackendChoice, index: usize) -> Result<()> {
+    match backend {
+        BackendChoice::Cpu | BackendChoice::TchCpu if index != 0 => {
+            bail!("device {index} does not exist: the {} backend has one device, 0", backend_name(backend))
+        }
+        BackendChoice::Cuda | BackendChoice::Tch if index > 0 => {
+            let n = cuda_device_count();
+            if index >= n {
+                bail!(
+                    "device {index} does not exist: {n} CUDA device(s) visible{}",
+                    if n > 0 { format!(" (0..={})", n - 1) } else { String::new() }
+                );
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The name `--backend` takes for `backend`.
+pub(crate) fn backend_name(backend: BackendChoice) -> String {
+    use clap::ValueEnum;
+    backend.to_possible_value().map_or_else(|| format!("{backend:?}"), |v| v.get_name().to_string())
 }
 
 /// Puts every kernel cache of the CUDA backend under one directory. Runs before any
@@ -257,7 +307,7 @@ fn print_json(value: &impl serde::Serialize, out: Option<&Path>) -> Result<()> {
 /// The fastest backend built in. Measured on an H200 (experiments/results/gpu/): ResNet-18
 /// width 64, batch 128, LibTorch 4,934 images/s against the CUDA backend's 2,820, and a
 /// regularised full-batch step over 50,000 images in 19.5 s against 37.9 s.
-fn default_backend() -> BackendChoice {
+pub(crate) fn default_backend() -> BackendChoice {
     if cfg!(feature = "tch") {
         BackendChoice::Tch
     } else if cfg!(feature = "cuda") {
@@ -271,6 +321,7 @@ fn default_backend() -> BackendChoice {
 fn dispatch<J: Job>(job: J) -> Result<ExitCode> {
     let args = job.backend().clone();
     let choice = args.backend.unwrap_or_else(default_backend);
+    check_device(choice, args.device)?;
     let warming_up = Arc::new(AtomicBool::new(false));
     let setup =
         |backend, device, kernel_cache| Setup { backend, device, kernel_cache, warming_up: Arc::clone(&warming_up) };
@@ -286,10 +337,11 @@ fn dispatch<J: Job>(job: J) -> Result<ExitCode> {
         }
         #[cfg(feature = "cuda")]
         BackendChoice::Cuda => {
-            let name = gpu_name();
+            let name = gpu_name(args.device);
             let cache = cuda_kernel_cache(args.kernel_cache.as_deref(), &name)?;
             install_stop_handler(Arc::clone(&warming_up), at_once)?;
-            job.run::<fullbatch::deep::CudaAutodiff>(&Default::default(), setup("cuda-f32", name, Some(cache)))
+            let device = burn::backend::cuda::CudaDevice::new(args.device);
+            job.run::<fullbatch::deep::CudaAutodiff>(&device, setup("cuda-f32", name, Some(cache)))
         }
         #[cfg(not(feature = "cuda"))]
         BackendChoice::Cuda => {
@@ -298,7 +350,8 @@ fn dispatch<J: Job>(job: J) -> Result<ExitCode> {
         #[cfg(feature = "tch")]
         BackendChoice::Tch | BackendChoice::TchCpu => {
             install_stop_handler(Arc::clone(&warming_up), at_once)?;
-            let (device, desc) = fullbatch::deep::device::libtorch_device(choice == BackendChoice::TchCpu);
+            let (device, desc) =
+                fullbatch::deep::device::libtorch_device(choice == BackendChoice::TchCpu, args.device)?;
             let name = if matches!(device, burn::backend::libtorch::LibTorchDevice::Cpu) {
                 "tch-cpu-f32"
             } else {
@@ -328,7 +381,7 @@ pub fn device(command: DeviceCommand) -> Result<ExitCode> {
 }
 
 fn cache(args: &CacheArgs) -> Result<ExitCode> {
-    let name = args.gpu.clone().unwrap_or_else(gpu_name);
+    let name = args.gpu.clone().unwrap_or_else(|| gpu_name(0));
     let cache = KernelCache::locate(args.kernel_cache.as_deref(), &name)?;
     let dir = &cache.root;
     if args.clear {
@@ -447,6 +500,9 @@ impl Job for TrainArgs {
             (None, true, Some(out)) => run::stored_config(out)?,
             _ => bail!("--config FILE is needed (or --resume with --out RUN_DIR)"),
         };
+        if let Some(seed) = args.seed {
+            config.seed = seed;
+        }
         if let Some(every) = args.sharpness_every {
             config.sharpness = Some(match config.sharpness.take() {
                 Some(s) => SharpnessConfig { every, ..s },

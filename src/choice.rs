@@ -56,5 +56,6 @@ mod tests {
     fn every_choice_parses_back_from_its_name() {
         names_round_trip::<ModelKind>();
         names_round_trip::<Which>();
+        names_round_trip::<crate::reproduction::Table>();
     }
 }

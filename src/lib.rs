@@ -17,10 +17,13 @@
 //!
 //! - [`experiment`]: the toy-experiment runner (TOML configs, run directories, caching).
 //! - [`export`]: a model, a point and results as `.npy` + JSON, to check our numbers in Python.
+//! - [`reproduction`]: the paper's CIFAR-10 tables as one job (`fullbatch reproduce`): rows,
+//!   run-directory states, the paper-vs-ours report.
 //!
 //! Precision: the theory (everything but `deep`) is `f64`; `deep` is `f32`, the precision of
 //! burn's GPU kernels and of the paper's runs.
 
+pub mod atomic_file;
 pub mod bea;
 pub mod choice;
 pub mod data;
@@ -38,6 +41,7 @@ pub mod objective;
 pub mod optim;
 pub mod plot;
 pub mod provenance;
+pub mod reproduction;
 pub mod run_dir;
 pub mod sharpness;
 pub mod stats;

@@ -118,6 +118,20 @@ enum Command {
         #[command(subcommand)]
         command: burn_cmd::DeviceCommand,
     },
+    /// Run the paper's CIFAR-10 tables (or chosen rows, seeds) as one job: each row in its own
+    /// run directory, one per device at a time, unfinished rows continued, finished ones
+    /// skipped; then the paper-vs-ours report (RUNS/report.md, report.json).
+    #[cfg(feature = "burn")]
+    Reproduce(Box<reproduce_cmd::ReproduceArgs>),
+    /// Run the paper's tables as one job (needs a build with the `burn` feature: this one has
+    /// none).
+    #[cfg(not(feature = "burn"))]
+    #[command(disable_help_flag = true)]
+    Reproduce {
+        /// Whatever was given: a build without burn cannot use it.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
     /// Train a ResNet (needs a build with the `burn` feature: this one has none).
     #[cfg(not(feature = "burn"))]
     #[command(disable_help_flag = true)]
@@ -392,6 +406,10 @@ fn main() -> Result<ExitCode> {
         Command::Device { command } => burn_cmd::device(command),
         #[cfg(not(feature = "burn"))]
         Command::Train { .. } => without_burn("train"),
+        #[cfg(feature = "burn")]
+        Command::Reproduce(args) => reproduce_cmd::reproduce(*args),
+        #[cfg(not(feature = "burn"))]
+        Command::Reproduce { .. } => without_burn("reproduce"),
         #[cfg(not(feature = "burn"))]
         Command::Device { .. } => without_burn("device"),
         Command::Models { models: kinds, seed, json } => models(kinds, seed, json),
@@ -427,3 +445,5 @@ fn main() -> Result<ExitCode> {
 
 #[cfg(feature = "burn")]
 mod burn_cmd;
+#[cfg(feature = "burn")]
+mod reproduce_cmd;

@@ -85,6 +85,23 @@ fn missing_file_is_rejected_naming_it() {
     assert_eq!(cifar::load(dir.path(), Split::Test).unwrap().len(), 1);
 }
 
+/// The check a long job makes before it starts: every file present, each a non-empty multiple of
+/// the record size; the first missing or broken file is named.
+#[test]
+fn check_dir_names_the_missing_or_broken_file() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(cifar::check_dir(&dir.path().join("absent")), Err(Error::Io { .. })));
+    cifar::write_dir(dir.path(), &sample_set(5, 0), &sample_set(2, 0)).unwrap();
+    cifar::check_dir(dir.path()).unwrap();
+    fs::write(dir.path().join("test_batch.bin"), [0u8; 3074]).unwrap();
+    let e = cifar::check_dir(dir.path()).unwrap_err();
+    assert!(matches!(e, Error::BadFile { .. }) && message(&e).contains("test_batch.bin"), "{e}");
+    assert!(message(&e).contains("3074"), "{e}");
+    fs::remove_file(dir.path().join("data_batch_3.bin")).unwrap();
+    let e = cifar::check_dir(dir.path()).unwrap_err();
+    assert!(matches!(e, Error::Io { .. }) && message(&e).contains("data_batch_3.bin"), "{e}");
+}
+
 #[test]
 fn size_not_multiple_of_record_is_rejected_naming_size() {
     let dir = tempfile::tempdir().unwrap();

@@ -13,10 +13,9 @@
 //! the 1024 red values, then the 1024 green, then the 1024 blue, each plane row-major 32x32.
 //! There is no header, so a file's size must be a multiple of 3073.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::fs;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -283,6 +282,32 @@ pub fn load(dir: &Path, split: Split) -> Result<ImageSet> {
     all.ok_or_else(|| Error::invalid("split", "has no files"))
 }
 
+/// Checks, without reading the images, that `dir` holds every file of both splits, each a
+/// non-empty multiple of the 3073-byte record: the check a long job makes before it starts.
+///
+/// # Errors
+/// [`Error::Io`] naming `dir` if it is not a directory, or naming a missing file;
+/// [`Error::BadFile`] naming a file of the wrong size (stated).
+pub fn check_dir(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        return Err(Error::io(
+            dir,
+            io::Error::new(io::ErrorKind::NotFound, "the CIFAR-10 binary directory does not exist"),
+        ));
+    }
+    for name in Split::Train.file_names().iter().chain(Split::Test.file_names()) {
+        let path = dir.join(name);
+        let len = fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
+        if len == 0 || len % RECORD_BYTES as u64 != 0 {
+            return Err(Error::bad_file(
+                &path,
+                format!("size {len} bytes is not a positive multiple of the record size {RECORD_BYTES}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Writes `set` as one file of the binary format, atomically (a temporary file in the same
 /// directory renamed over `path`).
 ///
@@ -302,7 +327,7 @@ pub fn write_batch_file(path: &Path, set: &ImageSet) -> Result<()> {
     if let Some((i, &l)) = set.labels.iter().enumerate().find(|&(_, &l)| usize::from(l) >= N_CLASSES) {
         return Err(Error::invalid("set.labels", format!("label {l} of image {i} is above 9")));
     }
-    write_atomically(path, |out| {
+    crate::atomic_file::write_with(path, |out| {
         for i in 0..set.len() {
             out.write_all(&[set.labels[i]])?;
             out.write_all(set.image(i))?;
@@ -329,42 +354,6 @@ pub fn write_dir(dir: &Path, train: &ImageSet, test: &ImageSet) -> Result<()> {
         start += count;
     }
     write_batch_file(&dir.join(TEST_FILE), test)
-}
-
-/// Writes through `fill` into a temporary file beside `path`, then renames it over `path`; the
-/// temporary file is removed if anything fails.
-fn write_atomically(path: &Path, fill: impl FnOnce(&mut BufWriter<&File>) -> io::Result<()>) -> io::Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name =
-        path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file"))?;
-    let (temp, file) = loop {
-        let mut temp_name = std::ffi::OsString::from(".");
-        temp_name.push(name);
-        temp_name.push(format!(".tmp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
-        let temp = dir.join(temp_name);
-        match OpenOptions::new().write(true).create_new(true).open(&temp) {
-            Ok(file) => break (temp, file),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    };
-    let result = (|| {
-        let mut out = BufWriter::new(&file);
-        fill(&mut out)?;
-        out.flush()?;
-        drop(out);
-        file.sync_all()?;
-        fs::rename(&temp, path)
-    })();
-    if result.is_err() {
-        // Best effort: the temporary file may not exist any more; the original error matters.
-        let _ = fs::remove_file(&temp);
-    }
-    result
 }
 
 /// Pads each `height x width` plane of `set` with `pad` zero pixels on every side.

@@ -246,20 +246,33 @@ impl KernelCache {
     }
 }
 
-/// The LibTorch device `fullbatch` trains on with `--backend tch`: CUDA device 0 when libtorch
-/// sees a GPU (then with cuDNN's benchmark mode on: it times the convolution algorithms of each
-/// new shape once and keeps the fastest), else the CPU. With `cpu_only` the CPU always.
+/// The LibTorch device `fullbatch` trains on with `--backend tch`: CUDA device `index` when
+/// libtorch sees a GPU (then with cuDNN's benchmark mode on: it times the convolution algorithms
+/// of each new shape once and keeps the fastest), else the CPU. With `cpu_only` the CPU always.
 /// Returns the device and its description.
+///
+/// # Errors
+/// [`Error::InvalidParameter`] (`device`) when there is no CUDA device `index` (the CPU is
+/// device 0 only).
 #[cfg(feature = "tch")]
-pub fn libtorch_device(cpu_only: bool) -> (burn::backend::libtorch::LibTorchDevice, String) {
+pub fn libtorch_device(cpu_only: bool, index: usize) -> Result<(burn::backend::libtorch::LibTorchDevice, String)> {
     use burn::backend::libtorch::LibTorchDevice;
     if !cpu_only && tch::Cuda::is_available() {
+        let count = tch::Cuda::device_count();
+        if index as i64 >= count {
+            return Err(Error::invalid(
+                "device",
+                format!("libtorch sees {count} CUDA device(s), so there is no device {index}"),
+            ));
+        }
         tch::Cuda::cudnn_set_benchmark(true);
         let cudnn = if tch::Cuda::cudnn_is_available() { "cuDNN benchmark mode" } else { "no cuDNN" };
-        (LibTorchDevice::Cuda(0), format!("libtorch cuda:0 ({} GPUs, {cudnn})", tch::Cuda::device_count()))
+        Ok((LibTorchDevice::Cuda(index), format!("libtorch cuda:{index} ({count} GPUs, {cudnn})")))
+    } else if index > 0 {
+        Err(Error::invalid("device", format!("libtorch sees no CUDA device, so there is no device {index}")))
     } else {
         let threads = tch::get_num_threads();
-        (LibTorchDevice::Cpu, format!("libtorch cpu ({threads} threads)"))
+        Ok((LibTorchDevice::Cpu, format!("libtorch cpu ({threads} threads)")))
     }
 }
 

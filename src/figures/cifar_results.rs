@@ -106,6 +106,8 @@ pub struct CifarRun {
     pub dir: PathBuf,
     /// The configuration's `name` (from `config.toml`).
     pub config: String,
+    /// The run's seed (from `config.toml`).
+    pub seed: u64,
     /// The data set: `cifar10`, `fashion-mnist` or `synthetic`.
     pub dataset: String,
     /// `data.train_subset`, when the run trains on a subset.
@@ -168,6 +170,7 @@ pub fn read_cifar_run(dir: &Path) -> Result<CifarRun> {
     Ok(CifarRun {
         dir: dir.to_path_buf(),
         config: config.name.clone(),
+        seed: config.seed,
         dataset: config.data.dataset.name().to_string(),
         train_subset: config.data.train_subset,
         test_subset: config.data.test_subset,

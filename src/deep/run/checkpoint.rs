@@ -4,7 +4,7 @@
 //! checkpoint's step on resume.
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
@@ -25,24 +25,7 @@ pub(super) struct CheckpointState {
     pub(super) wall_s: f64,
 }
 
-/// Writes `text` to `path` through a temporary file and a rename.
-pub(super) fn write_atomic(path: &Path, text: &[u8]) -> Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        std::process::id()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(text)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| Error::io(path, e))
-}
+pub(super) use crate::atomic_file::write as write_atomic;
 
 pub(super) fn json_error(e: serde_json::Error) -> Error {
     Error::invalid("json", e.to_string())
