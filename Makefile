@@ -3,13 +3,15 @@
 #   make test      run every test (the burn tests in release, with the `burn` feature)
 #   make test-tch  the LibTorch backend's tests (installs torch 2.11 from PyPI into .deps/ first)
 #   make gpu-bundle  build the CUDA and LibTorch binaries and pack them for a GPU machine
+#   make reproduce DATA=DIR [DEVICES=0,1] [BACKEND=tch|cuda|cpu] [RUNS=runs] [ARGS=...]
+#                  the paper's CIFAR-10 tables as one job (docs/reproduction.md)
 # Both first install the Debian packages the project needs when they are missing.
 
 SHELL := /bin/bash
 DEB_PACKAGES := libopenblas-dev dataset-fashion-mnist
 CARGO ?= cargo
 
-.PHONY: figures test test-tch gpu-bundle deps bench check-models print-burn-tests
+.PHONY: figures test test-tch gpu-bundle reproduce deps bench check-models print-burn-tests
 
 deps:
 	@missing=""; \
@@ -38,6 +40,8 @@ test: deps
 	$(CARGO) test --all-targets
 	# burn's kernels compile in this crate: its tests run in release (debug is ~100x slower).
 	$(CARGO) test --release --features burn --lib $(BURN_TESTS)
+	# Data-parallel steps (burn's collective all-reduce, two and three CPU threads as devices).
+	$(CARGO) test --release --features collective --test parallel
 
 check-models: deps
 	$(CARGO) run --release --bin fullbatch -- models
@@ -51,6 +55,21 @@ test-tch: deps
 
 gpu-bundle: deps
 	bash scripts/gpu-bundle.sh
+
+# `fullbatch reproduce` built for BACKEND: tch (LibTorch, the fastest on a GPU; scripts/libtorch.sh
+# installs libtorch first), cuda (burn's CUDA backend) or cpu (burn's Flex).
+DATA ?= $(FULLBATCH_CIFAR10)
+DEVICES ?= 0
+BACKEND ?= tch
+RUNS ?= runs
+REPRODUCE_ARGS = reproduce --backend $(BACKEND) --devices $(DEVICES) --runs $(RUNS) $(if $(DATA),--data $(DATA)) $(ARGS)
+reproduce: deps
+	@case "$(BACKEND)" in \
+	  tch) source scripts/libtorch.sh && CARGO_TARGET_DIR=target-tch $(CARGO) run --release --features tch --bin fullbatch -- $(REPRODUCE_ARGS) ;; \
+	  cuda) CUDARC_CUDA_VERSION=13000 CARGO_TARGET_DIR=target-cuda $(CARGO) run --release --features cuda --bin fullbatch -- $(REPRODUCE_ARGS) ;; \
+	  cpu) $(CARGO) run --release --features burn --bin fullbatch -- $(REPRODUCE_ARGS) ;; \
+	  *) echo "error: BACKEND=$(BACKEND): one of tch, cuda, cpu" >&2; exit 2 ;; \
+	esac
 
 print-burn-tests:
 	@echo $(BURN_TESTS)

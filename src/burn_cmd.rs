@@ -44,8 +44,17 @@ pub struct BackendArgs {
     #[arg(long, value_name = "DIR")]
     kernel_cache: Option<PathBuf>,
     /// The GPU to run on (cuda and tch: its CUDA index); the cpu backends have only device 0.
-    #[arg(long, default_value_t = 0, value_name = "INDEX")]
-    device: usize,
+    /// `train` takes several, comma-separated (`--devices 0,1`): data-parallel full-batch steps
+    /// (build feature `collective`); on the CPU `--devices 0,0` runs two threads on the one
+    /// device.
+    #[arg(
+        long = "device",
+        visible_alias = "devices",
+        value_delimiter = ',',
+        default_value = "0",
+        value_name = "INDEX"
+    )]
+    devices: Vec<usize>,
 }
 
 /// The options of `fullbatch train`.
@@ -210,7 +219,7 @@ trait Job {
     /// leave half-done).
     fn exits_at_once(&self) -> bool;
     /// Runs the job on backend `B`.
-    fn run<B: AutodiffBackend>(self, device: &B::Device, setup: Setup) -> Result<ExitCode>;
+    fn run<B: AutodiffBackend>(self, devices: &[B::Device], setup: Setup) -> Result<ExitCode>;
 }
 
 /// The name of GPU `index` from nvidia-smi ("cuda device INDEX" when it cannot say).
@@ -317,11 +326,21 @@ pub(crate) fn default_backend() -> BackendChoice {
     }
 }
 
+/// The one device of a job that takes one.
+fn single<D>(devices: &[D]) -> Result<&D> {
+    match devices {
+        [device] => Ok(device),
+        _ => bail!("this command runs on one device; --devices is for `train`"),
+    }
+}
+
 /// Runs `job` on the backend it asks for.
 fn dispatch<J: Job>(job: J) -> Result<ExitCode> {
     let args = job.backend().clone();
     let choice = args.backend.unwrap_or_else(default_backend);
-    check_device(choice, args.device)?;
+    for &index in &args.devices {
+        check_device(choice, index)?;
+    }
     let warming_up = Arc::new(AtomicBool::new(false));
     let setup =
         |backend, device, kernel_cache| Setup { backend, device, kernel_cache, warming_up: Arc::clone(&warming_up) };
@@ -330,18 +349,19 @@ fn dispatch<J: Job>(job: J) -> Result<ExitCode> {
         BackendChoice::Cpu => {
             install_stop_handler(Arc::clone(&warming_up), at_once)?;
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let devices = vec![Default::default(); args.devices.len()];
             job.run::<fullbatch::deep::CpuAutodiff>(
-                &Default::default(),
+                &devices,
                 setup("flex-f32", format!("cpu ({threads} threads)"), None),
             )
         }
         #[cfg(feature = "cuda")]
         BackendChoice::Cuda => {
-            let name = gpu_name(args.device);
+            let name = gpu_name(args.devices.first().copied().unwrap_or(0));
             let cache = cuda_kernel_cache(args.kernel_cache.as_deref(), &name)?;
             install_stop_handler(Arc::clone(&warming_up), at_once)?;
-            let device = burn::backend::cuda::CudaDevice::new(args.device);
-            job.run::<fullbatch::deep::CudaAutodiff>(&device, setup("cuda-f32", name, Some(cache)))
+            let devices: Vec<_> = args.devices.iter().map(|&i| burn::backend::cuda::CudaDevice::new(i)).collect();
+            job.run::<fullbatch::deep::CudaAutodiff>(&devices, setup("cuda-f32", name, Some(cache)))
         }
         #[cfg(not(feature = "cuda"))]
         BackendChoice::Cuda => {
@@ -350,14 +370,19 @@ fn dispatch<J: Job>(job: J) -> Result<ExitCode> {
         #[cfg(feature = "tch")]
         BackendChoice::Tch | BackendChoice::TchCpu => {
             install_stop_handler(Arc::clone(&warming_up), at_once)?;
-            let (device, desc) =
-                fullbatch::deep::device::libtorch_device(choice == BackendChoice::TchCpu, args.device)?;
+            let cpu_only = choice == BackendChoice::TchCpu;
+            let first = args.devices.first().copied().unwrap_or(0);
+            let (device, desc) = fullbatch::deep::device::libtorch_device(cpu_only, first)?;
             let name = if matches!(device, burn::backend::libtorch::LibTorchDevice::Cpu) {
                 "tch-cpu-f32"
             } else {
                 "tch-cuda-f32"
             };
-            job.run::<fullbatch::deep::TchAutodiff>(&device, setup(name, desc, None))
+            let mut devices = vec![device];
+            for &i in &args.devices[1..] {
+                devices.push(fullbatch::deep::device::libtorch_device(cpu_only, i)?.0);
+            }
+            job.run::<fullbatch::deep::TchAutodiff>(&devices, setup(name, desc, None))
         }
         #[cfg(not(feature = "tch"))]
         BackendChoice::Tch | BackendChoice::TchCpu => {
@@ -419,7 +444,8 @@ impl Job for CheckGradientArgs {
         true
     }
 
-    fn run<B: AutodiffBackend>(self, device: &B::Device, setup: Setup) -> Result<ExitCode> {
+    fn run<B: AutodiffBackend>(self, devices: &[B::Device], setup: Setup) -> Result<ExitCode> {
+        let device = single(devices)?;
         let cpu = burn::backend::flex::FlexDevice;
         let warmup = Warmup::start("gradient check", setup.kernel_cache.as_ref(), true, None);
         let report = bench::gradient_agreement::<B, fullbatch::deep::CpuAutodiff>(
@@ -450,7 +476,8 @@ impl Job for BenchArgs {
         true
     }
 
-    fn run<B: AutodiffBackend>(self, device: &B::Device, setup: Setup) -> Result<ExitCode> {
+    fn run<B: AutodiffBackend>(self, devices: &[B::Device], setup: Setup) -> Result<ExitCode> {
+        let device = single(devices)?;
         let value = match self.images {
             Some(images) => {
                 let params = FullBatchTimingParams {
@@ -492,9 +519,14 @@ impl Job for TrainArgs {
         false
     }
 
-    fn run<B: AutodiffBackend>(self, device: &B::Device, setup: Setup) -> Result<ExitCode> {
+    fn run<B: AutodiffBackend>(self, devices: &[B::Device], setup: Setup) -> Result<ExitCode> {
         let args = self;
-        let (backend, desc) = (setup.backend, setup.device.as_str());
+        let desc = setup.device.as_str();
+        // A data-parallel run records its number of devices with the backend: resume then
+        // needs the same (the sums run in another order).
+        let backend =
+            if devices.len() > 1 { format!("{} x{}", setup.backend, devices.len()) } else { setup.backend.to_string() };
+        let backend = backend.as_str();
         let mut config = match (&args.config, args.resume, &args.out) {
             (Some(path), _, _) => RunConfig::load(path)?,
             (None, true, Some(out)) => run::stored_config(out)?,
@@ -524,7 +556,7 @@ impl Job for TrainArgs {
             warming_up: Some(Arc::clone(&setup.warming_up)),
         };
         eprintln!("run {} ({backend}, {desc}) in {}", config.name, out.display());
-        match run::run::<B>(&config, &out, device, &options) {
+        match run::run_on::<B>(&config, &out, devices, &options) {
             Ok(summary) => {
                 if let Some(last) = &summary.last {
                     eprintln!(

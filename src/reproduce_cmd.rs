@@ -267,7 +267,14 @@ fn run_rows(args: &ReproduceArgs, backend: BackendChoice, plan: &[RowRun]) -> Re
                 bar.set_prefix(format!("{} s{} [dev {device}]", plan[index].row, plan[index].seed()));
                 bar.set_position(logged_steps(&plan[index].dir) as u64);
                 bar.reset_eta();
-                let child = spawn_row(args, backend, *device, &plan[index])?;
+                let child = match spawn_row(args, backend, *device, &plan[index]) {
+                    Ok(child) => child,
+                    Err(e) => {
+                        outcomes[index] = Outcome::Failed(format!("{e:#}"));
+                        bar.finish_with_message(outcomes[index].describe());
+                        continue;
+                    }
+                };
                 if plain {
                     eprintln!(
                         "{} seed {}: started on device {device} ({})",

@@ -8,7 +8,11 @@ use fullbatch::Error;
 use fullbatch::run_dir::config::{Mode, RunConfig, resolved_table};
 
 fn shipped(name: &str) -> RunConfig {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("experiments/cifar10").join(name);
+    shipped_in("experiments/cifar10", name)
+}
+
+fn shipped_in(dir: &str, name: &str) -> RunConfig {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir).join(name);
     RunConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -52,6 +56,35 @@ fn row_variants_differ_only_where_named() {
         fixed.name = base.name.clone();
         fixed.augmentation.fixed_copies = base.augmentation.fixed_copies;
         assert_eq!(fixed, base, "fixed{copies}");
+    }
+}
+
+/// The scaled protocol (experiments/scaled/): each row is its paper row on 5,000 Fashion-MNIST
+/// images (2,000 test), width 32, with its steps, warmup and cosine length shortened, and nothing
+/// else changed; the full-batch rows after FB1 share one schedule.
+#[test]
+fn scaled_rows_are_their_paper_rows_shortened() {
+    let rows = [("sgd", 20, 1, 20), ("fb1-naive", 20, 1, 20), ("fb2-longer", 150, 20, 200), ("fb4-reg", 150, 20, 200)];
+    for (row, steps, warmup, t_max) in rows {
+        let paper = shipped(&format!("{row}.toml"));
+        let mut scaled = shipped_in("experiments/scaled", &format!("scaled-{row}.toml"));
+        assert_eq!(scaled.data.dataset.name(), "fashion-mnist", "{row}");
+        assert_eq!((scaled.data.train_subset, scaled.data.test_subset), (Some(5000), Some(2000)), "{row}");
+        assert_eq!(scaled.model.width, 32, "{row}");
+        assert_eq!(scaled.total_steps(), steps, "{row}");
+        assert_eq!((scaled.optimizer.warmup, scaled.optimizer.t_max), (warmup, t_max), "{row}");
+        // Put the paper row's values back: nothing else may differ.
+        scaled.name = paper.name.clone();
+        scaled.data = paper.data.clone();
+        scaled.model.width = paper.model.width;
+        scaled.optimizer.warmup = paper.optimizer.warmup;
+        scaled.optimizer.t_max = paper.optimizer.t_max;
+        (scaled.eval_every, scaled.checkpoint_every) = (paper.eval_every, paper.checkpoint_every);
+        match &mut scaled.mode {
+            Mode::FullBatch { steps, .. } => *steps = paper.total_steps(),
+            Mode::Sgd { epochs, .. } => *epochs = paper.total_steps(),
+        }
+        assert_eq!(scaled, paper, "scaled-{row}");
     }
 }
 

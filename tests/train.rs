@@ -339,6 +339,31 @@ fn cli_trains_and_resumes() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("optimizer.lr"));
 }
 
+/// Several devices need the `collective` feature; a build without it says so, and commands that
+/// run on one device refuse several.
+#[cfg(not(feature = "collective"))]
+#[test]
+fn several_devices_need_the_collective_feature() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("tiny.toml");
+    std::fs::write(&cfg, TINY).unwrap();
+    let bin = env!("CARGO_BIN_EXE_fullbatch");
+    let out = tmp.path().join("run");
+    let o = std::process::Command::new(bin)
+        .args(["train", "--backend", "cpu", "--devices", "0,0", "--config", cfg.to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && text.contains("`collective` feature"), "{text}");
+    let o = std::process::Command::new(bin)
+        .args(["device", "bench", "--backend", "cpu", "--devices", "0,0", "--width", "4", "--batch", "4"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && text.contains("runs on one device"), "{text}");
+}
+
 /// `fullbatch device check-gradient | bench | cache` on the CPU: the JSON each prints, the
 /// full-batch timing, and the kernel cache shown and cleared.
 #[test]

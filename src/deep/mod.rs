@@ -30,6 +30,8 @@
 pub mod bench;
 pub use crate::run_dir::config;
 pub mod device;
+#[cfg(feature = "collective")]
+pub mod parallel;
 pub mod resnet;
 pub mod run;
 pub mod sharpness;

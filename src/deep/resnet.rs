@@ -214,15 +214,21 @@ fn conv<B: Backend>(
 }
 
 impl<B: Backend> ResNet<B> {
+    /// Every BatchNorm, in forward order: the stem's, then each block's `bn1`, `bn2` and its
+    /// shortcut's.
+    pub fn batch_norms(&self) -> Vec<&BatchNorm<B>> {
+        let mut all = vec![&self.stem_bn];
+        for block in &self.blocks {
+            all.extend([&block.bn1, &block.bn2]);
+            all.extend(block.shortcut.as_ref().map(|s| &s.bn));
+        }
+        all
+    }
+
     /// The number of BatchNorm running-statistic values (mean and variance of every BatchNorm).
     /// burn 0.21's `num_params()` visits them as float tensors and counts them.
     pub fn num_running_stats(&self) -> usize {
-        let bn = |b: &BatchNorm<B>| 2 * b.gamma.shape().num_elements();
-        let mut n = bn(&self.stem_bn);
-        for block in &self.blocks {
-            n += bn(&block.bn1) + bn(&block.bn2) + block.shortcut.as_ref().map_or(0, |s| bn(&s.bn));
-        }
-        n
+        self.batch_norms().iter().map(|b| 2 * b.gamma.shape().num_elements()).sum()
     }
 
     /// The number of trainable parameters (what PyTorch's `sum(p.numel() for p in

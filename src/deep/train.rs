@@ -171,15 +171,39 @@ where
     M: AutodiffModule<B> + ImageClassifier<B>,
 {
     let plan = block_plan(data.len(), options.block_size, options.order)?;
+    blocks_gradient(model, data, &plan, options.regulariser.as_ref())
+}
+
+/// The mean of the block gradients of `blocks` (example indices into `data`, visited in
+/// order), as [`full_batch_gradient`] computes it for its plan: one pass per block (two with the
+/// regulariser), a stable running mean, the mean block loss and squared gradient norm. Data
+/// parallelism runs it on each device's share of the plan.
+///
+/// # Errors
+/// [`Error::InvalidParameter`] if `blocks` is empty or a value cannot be read back;
+/// [`Error::Diverged`] (step 0) if the loss is not finite.
+pub fn blocks_gradient<B, M>(
+    model: &M,
+    data: &Batch<B>,
+    blocks: &[Vec<usize>],
+    regulariser: Option<&Regulariser>,
+) -> Result<FullGradient>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + ImageClassifier<B>,
+{
+    if blocks.is_empty() {
+        return Err(Error::invalid("blocks", "none to compute a gradient over"));
+    }
     let device = data.images.device();
     let mut mean: Option<GradientsParams> = None;
     let mut loss_sum: Option<Tensor<B::InnerBackend, 1>> = None;
     let mut sq_sum: Option<Tensor<B::InnerBackend, 1>> = None;
-    for (k, block) in plan.iter().enumerate() {
+    for (k, block) in blocks.iter().enumerate() {
         let (images, labels) = take_block(data, block, &device);
         let (mut grads, loss) = block_gradient(model, images.clone(), labels.clone());
         let sq = grad_sq_norm_tensor(model, &grads);
-        if let Some(reg) = &options.regulariser {
+        if let Some(reg) = regulariser {
             grads = regularise_block(model, grads, sq.clone(), images, labels, reg);
         }
         loss_sum = Some(add_opt(loss_sum, loss));
@@ -189,13 +213,13 @@ where
             Some(m) => lerp_grads(model, m, grads, Coef::Scalar(1.0 / (k + 1) as f64)),
         });
     }
-    let blocks = plan.len();
-    let loss = read_scalar(loss_sum)? / blocks as f64;
+    let n = blocks.len();
+    let loss = read_scalar(loss_sum)? / n as f64;
     if !loss.is_finite() {
         return Err(Error::Diverged { step: 0, quantity: "full-batch loss".into() });
     }
-    let mean_block_grad_sq_norm = read_scalar(sq_sum)? / blocks as f64;
-    Ok(FullGradient { grads: mean.unwrap_or_default(), loss, mean_block_grad_sq_norm, blocks })
+    let mean_block_grad_sq_norm = read_scalar(sq_sum)? / n as f64;
+    Ok(FullGradient { grads: mean.unwrap_or_default(), loss, mean_block_grad_sq_norm, blocks: n })
 }
 
 /// The images and labels of one block: a slice when the indices are consecutive, a gather
@@ -607,6 +631,26 @@ where
     O: Optimizer<M, B>,
 {
     let full = full_batch_gradient(&model, data, options)?;
+    full_batch_update(model, optim, full, lr, clip)
+}
+
+/// The update of a full-batch step from its gradient: optional [`clip_global_norm`] at `clip`,
+/// then `optim`'s update at learning rate `lr`.
+///
+/// # Errors
+/// As [`clip_global_norm`] and [`global_grad_norm`].
+pub fn full_batch_update<B, M, O>(
+    model: M,
+    optim: &mut O,
+    full: FullGradient,
+    lr: f64,
+    clip: Option<f64>,
+) -> Result<(M, StepReport)>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + ImageClassifier<B>,
+    O: Optimizer<M, B>,
+{
     let (grads, grad_norm, clipped) = match clip {
         Some(c) => {
             let (g, report) = clip_global_norm(&model, full.grads, c)?;

@@ -76,9 +76,14 @@ static PAPER_AXIS: [&str; PAPER_ROWS.len() + LEGEND_ROWS] = {
     labels
 };
 
-/// The small configurations of `experiments/cifar10/` (other data, smaller networks), and a last
-/// category for runs of any other configuration: the categories of the figure's second panel.
-pub const OTHER_CONFIGS: [&str; 6] = [
+/// The scaled protocol (`experiments/scaled/`), the small configurations of `experiments/cifar10/`
+/// (other data, smaller networks), and a last category for runs of any other configuration: the
+/// categories of the figure's second panel.
+pub const OTHER_CONFIGS: [&str; 10] = [
+    "scaled-sgd",
+    "scaled-fb1-naive",
+    "scaled-fb2-longer",
+    "scaled-fb4-reg",
     "small-synthetic-fb",
     "small-synthetic-sgd",
     "small-fashion-mnist-fb",

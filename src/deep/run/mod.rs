@@ -301,7 +301,40 @@ pub fn run<B: AutodiffBackend>(
     device: &B::Device,
     options: &RunOptions<'_>,
 ) -> Result<RunSummary> {
+    run_on::<B>(config, dir, std::slice::from_ref(device), options)
+}
+
+/// [`run`] on several devices: each full-batch step's blocks are split across `devices` (the
+/// model, its updates and the evaluations live on the first), with burn's collective all-reduce
+/// (feature `collective`, [`super::parallel`]); one device is [`run`] itself. The log equals the
+/// one-device log up to `f32` rounding (the sums run in another order), so resume needs the same
+/// number of devices: record it in [`RunOptions::backend`].
+///
+/// # Errors
+/// As [`run`]; [`Error::InvalidParameter`] (`devices`) for no device, several devices for an
+/// SGD row, or several devices in a build without the `collective` feature.
+pub fn run_on<B: AutodiffBackend>(
+    config: &RunConfig,
+    dir: &Path,
+    devices: &[B::Device],
+    options: &RunOptions<'_>,
+) -> Result<RunSummary> {
     config.validate()?;
+    let device = devices.first().ok_or_else(|| Error::invalid("devices", "none given"))?;
+    if devices.len() > 1 {
+        if !cfg!(feature = "collective") {
+            return Err(Error::invalid(
+                "devices",
+                "data-parallel steps need a build with the `collective` feature (cargo build --features collective)",
+            ));
+        }
+        if matches!(config.mode, Mode::Sgd { .. }) {
+            return Err(Error::invalid(
+                "devices",
+                format!("{} devices: data parallelism splits full-batch steps; an SGD row runs on one", devices.len()),
+            ));
+        }
+    }
     let checkpoint = check_run_dir(config, dir, options)?;
     let data = load_data(config, options.data_dir.as_deref())?;
     let model: ResNet<B> = build_model(config, data.train.channels, data.train.n_classes, device)?;
@@ -322,6 +355,7 @@ pub fn run<B: AutodiffBackend>(
         data: &data,
         fixed,
         device,
+        devices,
         model: Some(model),
         optim,
         schedule,
@@ -438,6 +472,8 @@ struct ResNetStepper<'a, B: AutodiffBackend, O> {
     /// The training batch of every step, when it does not change.
     fixed: Option<Batch<B>>,
     device: &'a B::Device,
+    /// All devices of a data-parallel run (`device` first); one otherwise.
+    devices: &'a [B::Device],
     /// `None` only while a step moves it through the update.
     model: Option<ResNet<B>>,
     optim: O,
@@ -460,6 +496,38 @@ impl<B: AutodiffBackend, O> ResNetStepper<'_, B, O> {
         let set =
             cifar::augment(&data.train, config.augmentation.pad, derive_seed(config.seed, stream::AUGMENT, t as u64));
         batch_from_images(&set, &data.mean, &data.std, self.device)
+    }
+}
+
+impl<B: AutodiffBackend, O: Optimizer<ResNet<B>, B>> ResNetStepper<'_, B, O> {
+    /// One full-batch step with its blocks split across `devices`
+    /// ([`super::parallel::data_parallel_gradient`]), then the update on the first device.
+    #[cfg(feature = "collective")]
+    fn data_parallel_step(
+        &mut self,
+        model: ResNet<B>,
+        batch: &Batch<B>,
+        options: &FullBatchOptions,
+        lr: f64,
+        clip: Option<f64>,
+    ) -> Result<(ResNet<B>, train::StepReport)> {
+        let plan = train::block_plan(batch.len(), options.block_size, options.order)?;
+        let full =
+            super::parallel::data_parallel_gradient(&model, self.devices, batch, &plan, options.regulariser.as_ref())?;
+        train::full_batch_update(model, &mut self.optim, full, lr, clip)
+    }
+
+    /// Without the `collective` feature [`run_on`] refuses several devices before any step.
+    #[cfg(not(feature = "collective"))]
+    fn data_parallel_step(
+        &mut self,
+        _model: ResNet<B>,
+        _batch: &Batch<B>,
+        _options: &FullBatchOptions,
+        _lr: f64,
+        _clip: Option<f64>,
+    ) -> Result<(ResNet<B>, train::StepReport)> {
+        Err(Error::invalid("devices", "data-parallel steps need the `collective` feature"))
     }
 }
 
@@ -487,8 +555,12 @@ impl<B: AutodiffBackend, O: Optimizer<ResNet<B>, B>> Stepper for ResNetStepper<'
                     lr,
                 });
                 let opts = FullBatchOptions { block_size: *block_size, order, regulariser };
-                let (m, report) =
-                    full_batch_step(model, &mut self.optim, &batch, &opts, lr, *clip).map_err(|e| at_step(e, t))?;
+                let (m, report) = if self.devices.len() > 1 {
+                    self.data_parallel_step(model, &batch, &opts, lr, *clip)
+                } else {
+                    full_batch_step(model, &mut self.optim, &batch, &opts, lr, *clip)
+                }
+                .map_err(|e| at_step(e, t))?;
                 self.model = Some(m);
                 if !report.grad_norm.is_finite() {
                     return Err(Error::Diverged { step: t, quantity: "gradient norm".into() });
