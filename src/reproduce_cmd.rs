@@ -224,12 +224,17 @@ fn run_rows(args: &ReproduceArgs, backend: BackendChoice, plan: &[RowRun]) -> Re
     });
     let style = ProgressStyle::with_template("{prefix:<30} [{bar:24}] {pos:>5}/{len:<5} {msg} (eta {eta})")?
         .progress_chars("=> ");
+    // Rows already finished, or already at --max-steps, do not start.
     let mut outcomes: Vec<Outcome> = plan
         .iter()
-        .map(|r| if r.state == RowState::Finished { Outcome::Skipped } else { Outcome::NotStarted })
+        .map(|r| match (r.state, args.max_steps) {
+            (RowState::Finished, _) => Outcome::Skipped,
+            (RowState::Unfinished { steps_done }, Some(n)) if steps_done >= n => Outcome::Stopped(steps_done),
+            _ => Outcome::NotStarted,
+        })
         .collect();
     let mut pending: std::collections::VecDeque<usize> =
-        (0..plan.len()).filter(|&i| plan[i].state != RowState::Finished).collect();
+        (0..plan.len()).filter(|&i| matches!(outcomes[i], Outcome::NotStarted)).collect();
     let mut slots: Vec<Option<Running>> = args.devices.iter().map(|_| None).collect();
     loop {
         let stops = STOPS.load(Ordering::SeqCst);

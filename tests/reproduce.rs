@@ -78,6 +78,13 @@ fn rows_run_in_parallel_continue_exactly_and_are_reported() {
         assert_eq!(log_without_time(&runs.join(d)).len(), 2, "{d}");
     }
 
+    // Called again with the same --max-steps, nothing starts and nothing is written.
+    let segments = |d: &str| std::fs::read_to_string(runs.join(d).join("segments.jsonl")).unwrap();
+    let before: Vec<String> = dirs.iter().map(|d| segments(d)).collect();
+    let again = reproduce(&configs, &runs, &[&seeds[..], &["--max-steps", "2"]].concat());
+    assert!(again.status.success() && !stderr(&again).contains("started"), "{}", stderr(&again));
+    assert_eq!(dirs.iter().map(|d| segments(d)).collect::<Vec<_>>(), before);
+
     let second = reproduce(&configs, &runs, &seeds);
     assert!(second.status.success(), "{}", stderr(&second));
     for (row, seed, d) in [("tiny-a", 3, "tiny-a"), ("tiny-b", 4, "tiny-b-seed4")] {
