@@ -64,7 +64,14 @@ for need in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0; do
 done
 
 cp scripts/gpu-check.sh scripts/gpu-check-summary.py scripts/torch_resnet18.py "$B/scripts/"
-cp experiments/cifar10/gpu-smoke.toml "$B/experiments/cifar10/"
+cp experiments/cifar10/*.toml "$B/experiments/cifar10/"
+mkdir -p "$B/experiments/scaled" && cp experiments/scaled/*.toml "$B/experiments/scaled/"
+# Fashion-MNIST for the scaled protocol (gpu-check.sh stage `scaled`): the Debian package's idx
+# files (30 MB, already gzip-compressed), when installed; BUNDLE_FASHION_MNIST=0 leaves them out.
+FMNIST=${FULLBATCH_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
+if [ "${BUNDLE_FASHION_MNIST:-1}" = 1 ] && [ -f "$FMNIST/train-images-idx3-ubyte.gz" ]; then
+  mkdir -p "$B/data/fashion-mnist" && cp "$FMNIST"/*-ubyte.gz "$B/data/fashion-mnist/"
+fi
 if compgen -G "experiments/kernel-cache/*.tar.xz" >/dev/null; then
   mkdir -p "$B/kernel-cache" && cp experiments/kernel-cache/*.tar.xz "$B/kernel-cache/"
 fi

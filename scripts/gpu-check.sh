@@ -12,7 +12,10 @@
 #               the regulariser (two passes per block), on CUDA, LibTorch and PyTorch,
 #   gradient    one minibatch gradient on CUDA and on LibTorch-CUDA vs the CPU (Flex), rel. L2,
 #   smoke       experiments/cifar10/gpu-smoke.toml on CUDA: first-step time, steady step time, loss,
-#               and exact resume (stopped at step 6, resumed, log lines compared).
+#               and exact resume (stopped at step 6, resumed, log lines compared),
+#   scaled      only when GPU_CHECK_STAGES names it: the scaled protocol (experiments/scaled/,
+#               Fashion-MNIST from the bundle) with `fullbatch reproduce` on LibTorch; its report
+#               and each row's log go to $OUT/scaled/ (SCALED_ARGS: extra reproduce options).
 # Every stage prints progress as it goes (the binaries' warm-up lines count compiled kernels).
 # A packer running every 30 s copies into $OUT: gpu-check.json (the summary so far),
 # gpu-check.log (all stage logs, GPU utilisation every 5 s), kernel-cache.tar.xz (the cubecl
@@ -29,7 +32,8 @@
 #   KERNEL_CACHE_ARCHIVE  a kernel-cache.tar.xz of an earlier run on the same GPU type: start warm
 #                         (default: the bundle's kernel-cache/<gpu>-cubecl-0.10.tar.xz, a copy of
 #                         experiments/kernel-cache/, if any; KERNEL_CACHE_ARCHIVE=none: empty)
-#   GPU_CHECK_STAGES      comma-separated subset, in order (default: all, in the order above)
+#   GPU_CHECK_STAGES      comma-separated subset, in order (default: all in the order above but
+#                         `scaled`, which runs only when named)
 #   GPU_CHECK_CPU=1       dry run on a machine without a GPU: every stage on the CPU backends with
 #                         a tiny model (checks this script, not a GPU)
 #   CUDA_PATH             CUDA toolkit whose headers NVRTC needs (default /usr/local/cuda)
@@ -103,6 +107,13 @@ pack() {
     tar -C "$K" -cf - nv-compute 2>/dev/null | xz -1 -T0 >"$W/nv.tmp" && mv "$W/nv.tmp" "$OUT/driver-cache.tar.xz"
   fi
   for f in "$W"/*.log; do [ -e "$f" ] && { echo "===== $(basename "$f")"; cat "$f"; }; done >"$W/all.tmp" 2>/dev/null
+  # The scaled protocol: its report and each row's small files (no checkpoints).
+  if [ -d "$W/scaled" ]; then
+    for f in "$W"/scaled/report.* "$W"/scaled/*/{config.toml,run.json,log.jsonl,segments.jsonl,train-output.log}; do
+      [ -f "$f" ] || continue
+      rel=${f#"$W"/}; mkdir -p "$OUT/$(dirname "$rel")" && cp "$f" "$OUT/$rel"
+    done
+  fi
   mv "$W/all.tmp" "$OUT/gpu-check.log"
   summarize >/dev/null 2>&1
 }
@@ -203,6 +214,13 @@ want gradient_cuda && stage gradient_cuda 90 "$BIN" device check-gradient --back
 want full_batch_cuda && stage full_batch_cuda 120 "$BIN" device bench --backend "$CUDA" --width "$WIDTH" \
   --images "$FB_IMAGES" --batch "$BATCH" --json-out "$W/full_batch_cuda.json"
 want smoke && stage smoke 180 smoke_resume
+# The scaled protocol, only when asked for by name (it wants most of a call: estimated at most
+# 8.3 minutes of training on an H200, docs/reproduction.md).
+if [[ ",${GPU_CHECK_STAGES:-}," == *",scaled,"* ]] && [ -x "$TCH_BIN" ] && [ -d "$BDIR/data/fashion-mnist" ]; then
+  # shellcheck disable=SC2086
+  stage scaled 540 "$TCH_BIN" reproduce --configs "$BDIR/experiments/scaled" --data "$BDIR/data/fashion-mnist" \
+    --runs "$W/scaled" --backend "$TCH" --no-progress ${SCALED_ARGS:-}
+fi
 want bench_cuda_b512 && stage bench_cuda_b512 90 bench bench_cuda_b512 "$BIN" "$CUDA" 5 20 $((BATCH * 4))
 
 kill "$PACKER" ${SMI:-} 2>/dev/null
