@@ -14,8 +14,9 @@
 #   smoke       experiments/cifar10/gpu-smoke.toml on CUDA: first-step time, steady step time, loss,
 #               and exact resume (stopped at step 6, resumed, log lines compared),
 #   scaled      only when GPU_CHECK_STAGES names it: the scaled protocol (experiments/scaled/,
-#               Fashion-MNIST from the bundle) with `fullbatch reproduce` on LibTorch; its report
-#               and each row's log go to $OUT/scaled/ (SCALED_ARGS: extra reproduce options).
+#               Fashion-MNIST from SCALED_DATA, default dist/fashion-mnist as gpu-bundle.sh
+#               leaves it: carry it) with `fullbatch reproduce` on LibTorch; its report and each
+#               row's log go to $OUT/scaled/ (SCALED_ARGS: extra reproduce options).
 # Every stage prints progress as it goes (the binaries' warm-up lines count compiled kernels).
 # A packer running every 30 s copies into $OUT: gpu-check.json (the summary so far),
 # gpu-check.log (all stage logs, GPU utilisation every 5 s), kernel-cache.tar.xz (the cubecl
@@ -216,9 +217,10 @@ want full_batch_cuda && stage full_batch_cuda 120 "$BIN" device bench --backend 
 want smoke && stage smoke 180 smoke_resume
 # The scaled protocol, only when asked for by name (it wants most of a call: estimated at most
 # 8.3 minutes of training on an H200, docs/reproduction.md).
-if [[ ",${GPU_CHECK_STAGES:-}," == *",scaled,"* ]] && [ -x "$TCH_BIN" ] && [ -d "$BDIR/data/fashion-mnist" ]; then
+SCALED_DATA=${SCALED_DATA:-dist/fashion-mnist}
+if [[ ",${GPU_CHECK_STAGES:-}," == *",scaled,"* ]] && [ -x "$TCH_BIN" ]; then
   # shellcheck disable=SC2086
-  stage scaled 540 "$TCH_BIN" reproduce --configs "$BDIR/experiments/scaled" --data "$BDIR/data/fashion-mnist" \
+  stage scaled 540 "$TCH_BIN" reproduce --configs "$BDIR/experiments/scaled" --data "$SCALED_DATA" \
     --runs "$W/scaled" --backend "$TCH" --no-progress ${SCALED_ARGS:-}
 fi
 want bench_cuda_b512 && stage bench_cuda_b512 90 bench bench_cuda_b512 "$BIN" "$CUDA" 5 20 $((BATCH * 4))
