@@ -306,7 +306,7 @@ pub fn run<B: AutodiffBackend>(
 
 /// [`run`] on several devices: each full-batch step's blocks are split across `devices` (the
 /// model, its updates and the evaluations live on the first), with burn's collective all-reduce
-/// (feature `collective`, [`super::parallel`]); one device is [`run`] itself. The log equals the
+/// (feature `collective`, `deep::parallel`); one device is [`run`] itself. The log equals the
 /// one-device log up to `f32` rounding (the sums run in another order), so resume needs the same
 /// number of devices: record it in [`RunOptions::backend`].
 ///
