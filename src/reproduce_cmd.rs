@@ -134,6 +134,7 @@ pub fn reproduce(args: ReproduceArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     std::fs::create_dir_all(&args.runs).with_context(|| format!("creating {}", args.runs.display()))?;
+    let _lock = RunsLock::take(&args.runs)?;
     ctrlc::set_handler(|| {
         let n = STOPS.fetch_add(1, Ordering::SeqCst) + 1;
         eprintln!(
@@ -160,6 +161,50 @@ pub fn reproduce(args: ReproduceArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `RUNS/reproduce.lock`, holding the job's process id while it runs, so that a second job on the
+/// same runs directory does not start the same rows beside it. Removed when dropped; a lock whose
+/// process is gone (killed) is taken over.
+struct RunsLock {
+    path: PathBuf,
+}
+
+impl RunsLock {
+    fn take(runs: &Path) -> Result<RunsLock> {
+        let path = runs.join("reproduce.lock");
+        for _ in 0..2 {
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    writeln!(f, "{}", std::process::id()).with_context(|| format!("writing {}", path.display()))?;
+                    return Ok(RunsLock { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                    let pid = holder.trim();
+                    if !pid.is_empty() && Path::new("/proc").join(pid).exists() {
+                        bail!(
+                            "another `fullbatch reproduce` (process {pid}) is running on {}; wait for it, or remove {} \
+                             if that process is not a reproduce job",
+                            runs.display(),
+                            path.display()
+                        );
+                    }
+                    // Its process is gone: a stale lock.
+                    std::fs::remove_file(&path).with_context(|| format!("removing the stale {}", path.display()))?;
+                }
+                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+            }
+        }
+        bail!("could not take {}", path.display())
+    }
+}
+
+impl Drop for RunsLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 fn state_text(r: &RowRun) -> String {

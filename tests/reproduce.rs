@@ -207,6 +207,16 @@ fn bad_input_is_refused_before_anything_runs() {
     refused(&["--data", data.to_str().unwrap()], &cifar, &["data_batch_1.bin"]);
     assert!(!runs.exists(), "a refused job created {}", runs.display());
 
+    // A second job on the same runs directory (the lock names a live process: this test's) is
+    // refused; a lock left by a process that is gone is taken over.
+    std::fs::create_dir_all(&runs).unwrap();
+    std::fs::write(runs.join("reproduce.lock"), format!("{}\n", std::process::id())).unwrap();
+    refused(&["--rows", "tiny-a", "--max-steps", "1"], &configs, &["another `fullbatch reproduce`", "reproduce.lock"]);
+    assert!(!runs.join("tiny-a").exists(), "a refused job started tiny-a");
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    std::fs::write(runs.join("reproduce.lock"), format!("{}\n", gone.id())).unwrap();
+
     // A run directory holding another configuration of the row.
     let o = reproduce(&configs, &runs, &["--rows", "tiny-a", "--max-steps", "1"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -216,4 +226,5 @@ fn bad_input_is_refused_before_anything_runs() {
     refused(&[], &configs, &["different configuration", "tiny-a", "nothing was changed"]);
     assert_eq!(std::fs::read(runs.join("tiny-a/log.jsonl")).unwrap(), log);
     assert!(!runs.join("tiny-b").exists(), "a refused job started tiny-b");
+    assert!(!runs.join("reproduce.lock").exists(), "the lock outlived its job");
 }
