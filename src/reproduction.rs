@@ -262,23 +262,6 @@ pub fn plan(configs: &Path, rows: &[String], seeds: &[u64], runs: &Path) -> Resu
     Ok(planned)
 }
 
-/// One run in the report.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ReportRun {
-    /// The run directory.
-    pub dir: PathBuf,
-    /// The seed.
-    pub seed: u64,
-    /// The last logged step (epoch).
-    pub steps_done: usize,
-    /// The planned steps (epochs).
-    pub steps_planned: usize,
-    /// The last evaluation's test accuracy, %.
-    pub test_acc: Option<f64>,
-    /// The git commit of the run's first process.
-    pub git_commit: String,
-}
-
 /// One row of the report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReportRow {
@@ -292,9 +275,9 @@ pub struct ReportRow {
     /// The data the runs trained on (`cifar10`, `fashion-mnist`, `synthetic`), with subsets.
     pub data: String,
     /// Finished runs with an evaluation.
-    pub finished: Vec<ReportRun>,
+    pub finished: Vec<CifarRun>,
     /// Unfinished runs.
-    pub unfinished: Vec<ReportRun>,
+    pub unfinished: Vec<CifarRun>,
     /// Mean test accuracy of the finished runs, %.
     pub mean: Option<f64>,
     /// Sample standard deviation of those accuracies, % (two or more runs).
@@ -353,14 +336,6 @@ impl Report {
             .into_iter()
             .map(|name| {
                 let runs = groups.get(name).cloned().unwrap_or_default();
-                let as_report = |r: &&CifarRun| ReportRun {
-                    dir: r.dir.clone(),
-                    seed: r.seed,
-                    steps_done: r.steps_done,
-                    steps_planned: r.steps_planned,
-                    test_acc: r.last_test_acc,
-                    git_commit: r.commit.clone(),
-                };
                 let (done, open): (Vec<&CifarRun>, Vec<&CifarRun>) =
                     runs.iter().partition(|r| r.finished() && r.last_test_acc.is_some());
                 let accuracies: Vec<f64> = done.iter().filter_map(|r| r.last_test_acc).collect();
@@ -372,8 +347,8 @@ impl Report {
                     paper: paper_row(name).and_then(|(_, r)| r.accuracy),
                     comparable: !runs.is_empty() && runs.iter().all(|r| r.comparable()),
                     data: data.join("; "),
-                    finished: done.iter().map(as_report).collect(),
-                    unfinished: open.iter().map(as_report).collect(),
+                    finished: done.into_iter().cloned().collect(),
+                    unfinished: open.into_iter().cloned().collect(),
                     mean,
                     std,
                 }
@@ -415,7 +390,7 @@ impl Report {
                 .unfinished
                 .iter()
                 .map(|x| {
-                    let acc = x.test_acc.map_or(String::new(), |a| format!(", {a:.2}%"));
+                    let acc = x.last_test_acc.map_or(String::new(), |a| format!(", {a:.2}%"));
                     format!("seed {} at {}/{}{acc}", x.seed, x.steps_done, x.steps_planned)
                 })
                 .collect();

@@ -104,8 +104,8 @@ static OTHER_AXIS: [&str; OTHER_CONFIGS.len() + LEGEND_ROWS / 2] = {
     labels
 };
 
-/// What the figure needs from one run directory.
-#[derive(Debug, Clone, PartialEq)]
+/// What the figure (and the reproduction report) needs from one run directory.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CifarRun {
     /// The run directory.
     pub dir: PathBuf,
