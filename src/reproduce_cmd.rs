@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use fullbatch::data::{cifar, fashion_mnist};
-use fullbatch::deep::config::Dataset;
+use fullbatch::deep::config::{Dataset, Mode};
 use fullbatch::reproduction::{self, RowRun, RowState, Table, logged_steps};
 use fullbatch::run_dir::read_log;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -48,6 +48,11 @@ pub struct ReproduceArgs {
     /// at a time; an index given twice runs two rows on that device at once.
     #[arg(long, value_delimiter = ',', default_value = "0", value_name = "I,...")]
     devices: Vec<usize>,
+    /// Devices per row: --devices is cut into groups of this many, one full-batch row running
+    /// data-parallel on each group (`train --devices`; a build with the `collective` feature).
+    /// An SGD row runs on its group's first device.
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    devices_per_row: usize,
     /// The backend of every row (default as for `train`).
     #[arg(long, value_enum)]
     backend: Option<BackendChoice>,
@@ -125,6 +130,13 @@ pub fn reproduce(args: ReproduceArgs) -> Result<ExitCode> {
     let backend = args.backend.unwrap_or_else(default_backend);
     for &d in &args.devices {
         check_device(backend, d)?;
+    }
+    if args.devices_per_row == 0 || args.devices.len() % args.devices_per_row != 0 {
+        bail!(
+            "--devices-per-row {} does not divide the {} devices of --devices into groups",
+            args.devices_per_row,
+            args.devices.len()
+        );
     }
     check_data(&plan, args.data.as_deref())?;
     if args.plan {
@@ -280,10 +292,11 @@ fn run_rows(args: &ReproduceArgs, backend: BackendChoice, plan: &[RowRun]) -> Re
         .collect();
     let mut pending: std::collections::VecDeque<usize> =
         (0..plan.len()).filter(|&i| matches!(outcomes[i], Outcome::NotStarted)).collect();
-    let mut slots: Vec<Option<Running>> = args.devices.iter().map(|_| None).collect();
+    let groups: Vec<&[usize]> = args.devices.chunks(args.devices_per_row).collect();
+    let mut slots: Vec<Option<Running>> = groups.iter().map(|_| None).collect();
     loop {
         let stops = STOPS.load(Ordering::SeqCst);
-        for (slot, device) in slots.iter_mut().zip(&args.devices) {
+        for (slot, group) in slots.iter_mut().zip(&groups) {
             if let Some(running) = slot {
                 let r = &plan[running.index];
                 if running.forwarded < stops {
@@ -312,12 +325,19 @@ fn run_rows(args: &ReproduceArgs, backend: BackendChoice, plan: &[RowRun]) -> Re
                 && stops == 0
                 && let Some(index) = pending.pop_front()
             {
+                // Data parallelism splits full-batch steps only: an SGD row takes one device.
+                let devices = match plan[index].config.mode {
+                    Mode::Sgd { .. } => &group[..1],
+                    Mode::FullBatch { .. } => *group,
+                };
+                let device: Vec<String> = devices.iter().map(usize::to_string).collect();
+                let device = device.join(",");
                 let bar = multi.add(ProgressBar::new(plan[index].config.total_steps() as u64));
                 bar.set_style(style.clone());
                 bar.set_prefix(format!("{} s{} [dev {device}]", plan[index].row, plan[index].seed()));
                 bar.set_position(logged_steps(&plan[index].dir) as u64);
                 bar.reset_eta();
-                let child = match spawn_row(args, backend, *device, &plan[index]) {
+                let child = match spawn_row(args, backend, &device, &plan[index]) {
                     Ok(child) => child,
                     Err(e) => {
                         outcomes[index] = Outcome::Failed(format!("{e:#}"));
@@ -347,10 +367,10 @@ fn run_rows(args: &ReproduceArgs, backend: BackendChoice, plan: &[RowRun]) -> Re
 /// The file in a run directory that takes the output of the row's `fullbatch train` process.
 const OUTPUT_FILE: &str = "train-output.log";
 
-/// Starts `fullbatch train` for row `r` on `device`, in its own process group (a terminal's
+/// Starts `fullbatch train` for row `r` on `devices` (comma-separated), in its own process group (a terminal's
 /// Ctrl-C reaches the parent only, which forwards it once), its output appended to
 /// `OUTPUT_FILE` in the run directory.
-fn spawn_row(args: &ReproduceArgs, backend: BackendChoice, device: usize, r: &RowRun) -> Result<Child> {
+fn spawn_row(args: &ReproduceArgs, backend: BackendChoice, devices: &str, r: &RowRun) -> Result<Child> {
     use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(&r.dir).with_context(|| format!("creating {}", r.dir.display()))?;
     let path = r.dir.join(OUTPUT_FILE);
@@ -368,7 +388,7 @@ fn spawn_row(args: &ReproduceArgs, backend: BackendChoice, device: usize, r: &Ro
         .arg(&r.dir)
         .args(["--seed", &r.seed().to_string()])
         .args(["--backend", &backend_name(backend)])
-        .args(["--device", &device.to_string()])
+        .args(["--devices", devices])
         .arg("--no-progress");
     if r.state != RowState::New {
         cmd.arg("--resume");

@@ -174,3 +174,42 @@ fn an_sgd_row_runs_on_one_device() {
     assert!(!o.status.success() && text.contains("SGD row runs on one"), "{text}");
     assert!(!out.join("log.jsonl").exists());
 }
+
+/// `fullbatch reproduce --devices-per-row 2`: a full-batch row runs data-parallel on its group
+/// of two devices, an SGD row on the group's first; a count that does not divide --devices is
+/// refused.
+#[test]
+fn reproduce_gives_full_batch_rows_a_group_of_devices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let configs = tmp.path().join("configs");
+    std::fs::create_dir_all(&configs).unwrap();
+    let fb = common::train_run::TINY_RUN.replace("name = \"tiny\"", "name = \"tiny-fb\"");
+    std::fs::write(configs.join("tiny-fb.toml"), &fb).unwrap();
+    let sgd = fb.replace("name = \"tiny-fb\"", "name = \"tiny-sgd\"").replace(
+        "[mode.full_batch]\nsteps = 6\nblock_size = 16\nshuffle_blocks = true\nclip = 2.0\nregulariser_alpha = 0.5",
+        "[mode.sgd]\nbatch_size = 16\nepochs = 4",
+    );
+    std::fs::write(configs.join("tiny-sgd.toml"), sgd).unwrap();
+    let runs = tmp.path().join("runs");
+    let reproduce = |devices: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fullbatch"))
+            .args(["reproduce", "--backend", "cpu", "--no-progress", "--devices-per-row", "2", "--devices", devices])
+            .args(["--configs", configs.to_str().unwrap(), "--runs", runs.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let o = reproduce("0,0,0");
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && text.contains("--devices-per-row 2 does not divide the 3 devices"), "{text}");
+    let o = reproduce("0,0");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let backend = |row: &str| -> serde_json::Value {
+        let info: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(runs.join(row).join("run.json")).unwrap()).unwrap();
+        info["backend"].clone()
+    };
+    assert_eq!(backend("tiny-fb"), "flex-f32 x2");
+    assert_eq!(backend("tiny-sgd"), "flex-f32");
+    assert_eq!(common::train_run::log_without_time(&runs.join("tiny-fb")).len(), 6);
+    assert_eq!(common::train_run::log_without_time(&runs.join("tiny-sgd")).len(), 4);
+}
