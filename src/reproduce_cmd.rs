@@ -131,7 +131,7 @@ pub fn reproduce(args: ReproduceArgs) -> Result<ExitCode> {
     for &d in &args.devices {
         check_device(backend, d)?;
     }
-    if args.devices_per_row == 0 || args.devices.len() % args.devices_per_row != 0 {
+    if args.devices_per_row == 0 || !args.devices.len().is_multiple_of(args.devices_per_row) {
         bail!(
             "--devices-per-row {} does not divide the {} devices of --devices into groups",
             args.devices_per_row,
