@@ -6,8 +6,9 @@
 //! $\bar g_j$ of its block gradients with [`blocks_gradient`] (the regulariser included) on a
 //! replica of the model, and every device then all-reduces (sum) its weighted share
 //! $\frac{n_j}{K}\bar g_j$, so each holds $\bar g = \frac1K\sum_k g_k$, the single-device
-//! gradient; the mean loss and mean squared block-gradient norm are reduced the same way. One
-//! optimizer update follows, on the caller's model (device 0).
+//! gradient; the mean loss and mean squared block-gradient norm are reduced the same way (in one
+//! reduction with the BatchNorm terms below). One optimizer update follows, on the caller's model
+//! (device 0).
 //!
 //! # BatchNorm running statistics
 //! On one device the running statistic $r$ moves once per forward pass,
@@ -159,6 +160,8 @@ pub fn data_parallel_gradient<B: AutodiffBackend>(
                         let grads = scale_grads(&replica, own.grads, weight)
                             .all_reduce::<B::InnerBackend>(peer, ReduceOperation::Sum)
                             .map_err(collective_error)?;
+                        // Everything else in one reduction: [loss, squared norm] (weighted), then
+                        // each BatchNorm's running-mean and running-variance term of the merge.
                         let stats = Tensor::<B::InnerBackend, 1>::from_data(
                             TensorData::new(
                                 vec![(own.loss * weight) as f32, (own.mean_block_grad_sq_norm * weight) as f32],
@@ -166,25 +169,35 @@ pub fn data_parallel_gradient<B: AutodiffBackend>(
                             ),
                             &device,
                         );
-                        let stats: Vec<f32> = all_reduce_sum::<B, 1>(peer, stats)?
+                        let (keep, own_passes) = (1.0 - momentum, (passes * local.len()) as i32);
+                        let term = |r: Tensor<B, 1>, r0: &Tensor<B, 1>| {
+                            let r0 = r0.clone().inner().to_device(&device);
+                            let term = (r.inner() - r0.clone().mul_scalar(keep.powi(own_passes)))
+                                .mul_scalar(keep.powi(after as i32));
+                            if j == 0 { term + r0.mul_scalar(keep.powi(total as i32)) } else { term }
+                        };
+                        let mut parts = vec![stats];
+                        for (bn, (mean0, var0)) in replica.batch_norms().into_iter().zip(start) {
+                            parts.push(term(bn.running_mean.value_sync(), mean0));
+                            parts.push(term(bn.running_var.value_sync(), var0));
+                        }
+                        let lengths: Vec<usize> = parts.iter().map(|t| t.dims()[0]).collect();
+                        let reduced = all_reduce_sum::<B, 1>(peer, Tensor::cat(parts, 0))?;
+                        let mut pieces = Vec::with_capacity(lengths.len());
+                        let mut at = 0;
+                        for len in lengths {
+                            pieces.push(reduced.clone().narrow(0, at, len));
+                            at += len;
+                        }
+                        let mut pieces = pieces.into_iter();
+                        let stats: Vec<f32> = pieces
+                            .next()
+                            .ok_or_else(|| Error::invalid("tensor", "empty reduction"))?
                             .into_data()
                             .to_vec()
                             .map_err(|e| Error::invalid("tensor", format!("{e:?}")))?;
-                        let keep = 1.0 - momentum;
-                        let own_passes = (passes * local.len()) as i32;
                         let mut running = Vec::new();
-                        for (bn, (mean0, var0)) in replica.batch_norms().into_iter().zip(start) {
-                            let merge = |r: Tensor<B, 1>, r0: &Tensor<B, 1>| {
-                                let r0 = r0.clone().inner().to_device(&device);
-                                let mut term = (r.inner() - r0.clone().mul_scalar(keep.powi(own_passes)))
-                                    .mul_scalar(keep.powi(after as i32));
-                                if j == 0 {
-                                    term = term + r0.mul_scalar(keep.powi(total as i32));
-                                }
-                                all_reduce_sum::<B, 1>(peer, term)
-                            };
-                            let mean = merge(bn.running_mean.value_sync(), mean0)?;
-                            let var = merge(bn.running_var.value_sync(), var0)?;
+                        while let (Some(mean), Some(var)) = (pieces.next(), pieces.next()) {
                             running.push((mean, var));
                         }
                         let gradient = FullGradient {
