@@ -216,8 +216,10 @@ trait Job {
     /// The backend the job asks for.
     fn backend(&self) -> &BackendArgs;
     /// Whether Ctrl-C exits at once (the job writes nothing that an interruption could
-    /// leave half-done).
-    fn exits_at_once(&self) -> bool;
+    /// leave half-done): true unless the job says otherwise.
+    fn exits_at_once(&self) -> bool {
+        true
+    }
     /// Runs the job on backend `B`.
     fn run<B: AutodiffBackend>(self, devices: &[B::Device], setup: Setup) -> Result<ExitCode>;
 }
@@ -440,10 +442,6 @@ impl Job for CheckGradientArgs {
         &self.backend
     }
 
-    fn exits_at_once(&self) -> bool {
-        true
-    }
-
     fn run<B: AutodiffBackend>(self, devices: &[B::Device], setup: Setup) -> Result<ExitCode> {
         let device = single(devices)?;
         let cpu = burn::backend::flex::FlexDevice;
@@ -470,10 +468,6 @@ impl Job for CheckGradientArgs {
 impl Job for BenchArgs {
     fn backend(&self) -> &BackendArgs {
         &self.backend
-    }
-
-    fn exits_at_once(&self) -> bool {
-        true
     }
 
     fn run<B: AutodiffBackend>(self, devices: &[B::Device], setup: Setup) -> Result<ExitCode> {

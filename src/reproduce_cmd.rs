@@ -88,6 +88,9 @@ struct Running {
     forwarded: usize,
     /// The last step reported in plain mode.
     reported_step: usize,
+    /// The size of the log when it was last read: it is read again only when that changes
+    /// (once a step), not at every poll.
+    log_len: u64,
 }
 
 /// How a row ended in this job.
@@ -233,7 +236,12 @@ fn state_text(r: &RowRun) -> String {
 /// only) or the Fashion-MNIST files. Rows of different data sets cannot share one --data.
 fn check_data(plan: &[RowRun], data: Option<&Path>) -> Result<()> {
     let todo: Vec<&RowRun> = plan.iter().filter(|r| r.state != RowState::Finished).collect();
-    let mut kinds: Vec<&str> = todo.iter().map(|r| r.config.data.dataset.name()).collect();
+    // Synthetic rows read no files, so only the others must agree on --data.
+    let mut kinds: Vec<&str> = todo
+        .iter()
+        .filter(|r| !matches!(r.config.data.dataset, Dataset::Synthetic { .. }))
+        .map(|r| r.config.data.dataset.name())
+        .collect();
     kinds.sort_unstable();
     kinds.dedup();
     if data.is_some() && kinds.len() > 1 {
@@ -353,7 +361,7 @@ fn run_rows(args: &ReproduceArgs, backend: BackendChoice, plan: &[RowRun]) -> Re
                         state_text(&plan[index])
                     );
                 }
-                *slot = Some(Running { index, child, bar, forwarded: 0, reported_step: 0 });
+                *slot = Some(Running { index, child, bar, forwarded: 0, reported_step: 0, log_len: 0 });
             }
         }
         if slots.iter().all(Option::is_none) && (pending.is_empty() || STOPS.load(Ordering::SeqCst) > 0) {
@@ -409,6 +417,11 @@ fn spawn_row(args: &ReproduceArgs, backend: BackendChoice, devices: &str, r: &Ro
 /// Updates a running row's progress from its log: the step, the last training loss and test
 /// accuracy; in plain mode one line per new evaluation.
 fn show_progress(running: &mut Running, r: &RowRun, plain: bool) {
+    let len = std::fs::metadata(r.dir.join("log.jsonl")).map_or(0, |m| m.len());
+    if len == running.log_len {
+        return;
+    }
+    running.log_len = len;
     let Ok(log) = read_log(&r.dir) else { return };
     let Some(last) = log.last() else { return };
     running.bar.set_position(last.step as u64);

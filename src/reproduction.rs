@@ -341,6 +341,7 @@ impl Report {
                 let accuracies: Vec<f64> = done.iter().filter_map(|r| r.last_test_acc).collect();
                 let (mean, std) = mean_std(&accuracies);
                 let mut data: Vec<String> = runs.iter().map(|r| data_name(r)).collect();
+                data.sort();
                 data.dedup();
                 ReportRow {
                     row: name.to_string(),
