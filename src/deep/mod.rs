@@ -7,6 +7,9 @@
 //!
 //! - [`resnet`]: the CIFAR variant of ResNet-18 ([`resnet::ResNetConfig`], [`resnet::ResNet`]).
 //! - [`train`]: training primitives as functions of a model, data tensors and plain numbers.
+//! - [`grads`]: arithmetic on gradients (norm, scaling, clipping, interpolation) and flat views
+//!   of a model's tensors.
+//! - `parallel` (feature `collective`): a full-batch step's blocks over several devices.
 //! - [`config`]: run configurations (TOML, validated: unknown keys and impossible values are
 //!   errors naming the key); defined in [`crate::run_dir`], which builds without burn.
 //! - [`run`]: `fullbatch train` on the [`crate::engine`]: the ResNet stepper and its observers
@@ -30,6 +33,7 @@
 pub mod bench;
 pub use crate::run_dir::config;
 pub mod device;
+pub mod grads;
 #[cfg(feature = "collective")]
 pub mod parallel;
 pub mod resnet;
