@@ -37,6 +37,8 @@ fn summary(e: &Eigenpairs, seconds: f64) -> serde_json::Value {
 }
 
 fn main() -> Result<()> {
+    // SAFETY: first thing in main: no BLAS call or other thread exists yet.
+    let blas = unsafe { fullbatch::blas::select_native_kernels() };
     // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it:
     // then there is nothing to time.
     if !std::env::args().any(|a| a == "--bench") {
@@ -134,6 +136,7 @@ fn main() -> Result<()> {
         "data": source,
         "examples": n,
         "parameters": net.dim(),
+        "blas": blas,
         "train": { "optimizer": "gd", "lr": 0.5, "steps": 100, "seed": seed },
         "loss": loss,
         "hvp_seconds": hvp_seconds,

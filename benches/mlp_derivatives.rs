@@ -72,6 +72,14 @@ fn measurement_time(n: usize) -> Duration {
 }
 
 fn bench_derivatives(c: &mut Criterion) {
+    // SAFETY: the first thing this process does, before any BLAS call or thread that makes one.
+    let kernels = unsafe { fullbatch::blas::select_native_kernels() };
+    eprintln!("OpenBLAS kernels: {kernels:?}");
+    // benches/side_by_side.sh records which kernels ran.
+    if let Some(path) = std::env::var_os("FULLBATCH_BLAS_REPORT") {
+        let json = serde_json::to_string(&kernels).expect("serialisable");
+        std::fs::write(&path, json).expect("FULLBATCH_BLAS_REPORT is writable");
+    }
     let setups: Vec<(usize, Setup)> = SIZES.iter().map(|&n| (n, setup(n))).collect();
 
     let mut group = configure(c, "loss");

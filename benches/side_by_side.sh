@@ -56,6 +56,7 @@ for g in "${GROUPS[@]}"; do rm -rf "${CRITERION_DIR:?}/$g"; done
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== cargo bench --bench mlp_derivatives" >&2
 mark M0
+export FULLBATCH_BLAS_REPORT="$SCRATCH/blas.json"
 cargo bench --bench mlp_derivatives >&2
 mark M1
 echo "== $PYTHON benches/jax_mlp.py --repeats $JAX_REPEATS" >&2
@@ -185,6 +186,8 @@ result = {
     "load_average_after": os.environ["LOAD_AFTER"],
     "interference": interference,
     "rustc": run(["rustc", "--version"]),
+    # OpenBLAS's kernels as loaded and as used (fullbatch::blas::select_native_kernels).
+    "openblas_kernels": json.load(open(os.environ["FULLBATCH_BLAS_REPORT"])),
     "jax": jax_version,
     "python": platform.python_version(),
     "model": "tanh MLP 784-256-10, biases, softmax cross-entropy (mean), f64",

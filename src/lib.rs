@@ -11,6 +11,7 @@
 //! - [`data`]: seeded synthetic data and the Fashion-MNIST idx reader.
 //! - [`optim`]: GD, SGD (reshuffling, with replacement), heavy-ball and Nesterov momentum.
 //! - [`derivative_check`]: finite-difference evidence that the exact derivatives are right.
+//! - [`blas`]: which OpenBLAS kernels run, and the remedy for CPUs newer than OpenBLAS.
 //! - [`plot`]: figures with plotters, text from an embedded font.
 //! - `deep` (feature `burn`; `f32`): ResNet-18 on CIFAR with burn, full-batch gradients,
 //!   clipping, schedule.
@@ -25,6 +26,7 @@
 
 pub mod atomic_file;
 pub mod bea;
+pub mod blas;
 pub mod choice;
 pub mod data;
 #[cfg(feature = "burn")]

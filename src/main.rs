@@ -399,6 +399,8 @@ fn without_burn(command: &str) -> Result<ExitCode> {
 }
 
 fn main() -> Result<ExitCode> {
+    // SAFETY: first thing in main: no BLAS call or other thread exists yet.
+    unsafe { fullbatch::blas::select_native_kernels() };
     match Cli::parse().command {
         #[cfg(feature = "burn")]
         Command::Train(args) => burn_cmd::train(*args),

@@ -37,6 +37,15 @@ pub trait Objective {
     /// The Hessian-vector product $\nabla^2 L(\theta)\, v$.
     fn hvp(&self, theta: ArrayView1<f64>, v: ArrayView1<f64>) -> Array1<f64>;
 
+    /// $(L, g, Hg)$ with $g = \nabla L(\theta)$, $H = \nabla^2 L(\theta)$: what a
+    /// gradient-norm penalty $\|g\|^2$ needs ($\nabla \|g\|^2 = 2Hg$). The default makes two
+    /// calls; networks share one forward pass between them, with the same results.
+    fn gradient_and_hvp_at_gradient(&self, theta: ArrayView1<f64>) -> (f64, Array1<f64>, Array1<f64>) {
+        let (l, g) = self.loss_and_gradient(theta);
+        let hg = self.hvp(theta, g.view());
+        (l, g, hg)
+    }
+
     /// The third derivative contracted twice, $D^3L(\theta)[u, v]$ (symmetric in $u, v$).
     ///
     /// The default is [`third_derivative_by_hvp_difference`], a central difference of the exact
@@ -70,6 +79,17 @@ pub trait FiniteSum: Objective {
 
     /// $\nabla^2 L_B(\theta)\, v$.
     fn batch_hvp(&self, theta: ArrayView1<f64>, batch: &[usize], v: ArrayView1<f64>) -> Array1<f64>;
+
+    /// $(L_B, g_B, H_B g_B)$, as [`Objective::gradient_and_hvp_at_gradient`] for the minibatch.
+    fn batch_gradient_and_hvp_at_gradient(
+        &self,
+        theta: ArrayView1<f64>,
+        batch: &[usize],
+    ) -> (f64, Array1<f64>, Array1<f64>) {
+        let g = self.batch_gradient(theta, batch);
+        let hg = self.batch_hvp(theta, batch, g.view());
+        (self.batch_loss(theta, batch), g, hg)
+    }
 }
 
 /// One minibatch of a [`FiniteSum`] as an [`Objective`]: $L_B$ with its exact derivatives.
@@ -112,6 +132,9 @@ impl<O: Objective + ?Sized> Objective for &O {
     }
     fn hvp(&self, theta: ArrayView1<f64>, v: ArrayView1<f64>) -> Array1<f64> {
         (**self).hvp(theta, v)
+    }
+    fn gradient_and_hvp_at_gradient(&self, theta: ArrayView1<f64>) -> (f64, Array1<f64>, Array1<f64>) {
+        (**self).gradient_and_hvp_at_gradient(theta)
     }
     fn third_derivative(&self, theta: ArrayView1<f64>, u: ArrayView1<f64>, v: ArrayView1<f64>) -> Array1<f64> {
         (**self).third_derivative(theta, u, v)
@@ -256,8 +279,7 @@ impl<O: Objective> Objective for GradientNormPenalty<O> {
         self.loss_and_gradient(theta).1
     }
     fn loss_and_gradient(&self, theta: ArrayView1<f64>) -> (f64, Array1<f64>) {
-        let (l, g) = self.inner.loss_and_gradient(theta);
-        let hg = self.inner.hvp(theta, g.view());
+        let (l, g, hg) = self.inner.gradient_and_hvp_at_gradient(theta);
         let value = l + self.coefficient * g.dot(&g);
         (value, g + hg * (2.0 * self.coefficient))
     }
@@ -310,9 +332,8 @@ impl<O: FiniteSum + ?Sized> Objective for MinibatchGradientPenalty<'_, O> {
         let (l, mut grad) = self.inner.loss_and_gradient(theta);
         let mut penalty = 0.0;
         for b in &self.blocks {
-            let g = self.inner.batch_gradient(theta, b);
+            let (_, g, hg) = self.inner.batch_gradient_and_hvp_at_gradient(theta, b);
             penalty += g.dot(&g);
-            let hg = self.inner.batch_hvp(theta, b, g.view());
             grad.scaled_add(2.0 * self.coefficient, &hg);
         }
         (l + self.coefficient * penalty, grad)

@@ -174,7 +174,13 @@ fn sharpness_export_is_complete() {
 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("export");
-    let out = Command::new(env!("CARGO_BIN_EXE_fullbatch"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fullbatch"));
+    // The loss is compared bit for bit below: the binary must run the BLAS kernels this test
+    // process runs (it would otherwise pick the CPU's own: fullbatch::blas).
+    if let Some(core) = fullbatch::blas::core_name() {
+        cmd.env("OPENBLAS_CORETYPE", core);
+    }
+    let out = cmd
         .args(["sharpness", "--json", "--model", "mlp-gelu-ce", "--train-steps", "20", "--k", "2"])
         .args(["--which", "smallest", "--export"])
         .arg(&dir)

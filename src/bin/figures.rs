@@ -65,7 +65,17 @@ fn sharpness_data(seed: u64) -> Result<SharpnessFigureData> {
 }
 
 fn main() -> Result<()> {
+    // SAFETY: first thing in main: no BLAS call or other thread exists yet.
+    let blas = unsafe { fullbatch::blas::select_native_kernels() };
     let cli = Cli::parse();
+    if blas.detected != blas.in_use {
+        println!(
+            "OpenBLAS: {} (kernels {} instead of {})",
+            blas.reason,
+            blas.in_use.as_deref().unwrap_or("?"),
+            blas.detected.as_deref().unwrap_or("?")
+        );
+    }
     let started = std::time::Instant::now();
     let kinds = ModelKind::ALL.to_vec();
     let bar = ProgressBar::new(kinds.len() as u64)

@@ -38,7 +38,7 @@ use crate::{Error, Result};
 
 mod training;
 
-use training::run_one;
+use training::{GradientFlowCache, run_one};
 
 /// The toy experiments `figures` runs and draws: `experiments/toy/<name>.toml` each.
 pub const FIGURE_EXPERIMENTS: [&str; 4] = ["generalisation", "edge_of_stability", "modified_flow", "lr_sweep"];
@@ -518,10 +518,16 @@ fn run_into(
     let mut log = String::new();
     let mut runs = Vec::new();
     let total = config.variants.len() * config.seeds.len();
+    // One gradient flow per seed (its start), shared by the GD runs that compare against it.
+    let mut flows: Vec<GradientFlowCache> = config
+        .seeds
+        .iter()
+        .map(|&seed| GradientFlowCache::new(&net, net.initial_parameters(seed), &config.measure, seed))
+        .collect();
     for variant in &config.variants {
-        for &seed in &config.seeds {
+        for (&seed, flow) in config.seeds.iter().zip(&mut flows) {
             progress(runs.len(), total, &format!("{} / seed {seed}", variant.label));
-            let (result, evaluations) = run_one(config, variant, seed, &net, &test_net, train, test)?;
+            let (result, evaluations) = run_one(config, variant, seed, &net, &test_net, train, test, flow)?;
             for e in &evaluations {
                 log.push_str(&serde_json::to_string(e).map_err(|e| Error::io(dir, std::io::Error::other(e)))?);
                 log.push('\n');

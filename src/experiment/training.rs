@@ -20,7 +20,9 @@ use crate::sharpness::trace::{DensityParams, hutch_plus_plus, spectral_density};
 use crate::sharpness::{HessianOperator, LanczosParams, lanczos};
 use crate::{Error, Result};
 
-/// One variant with one seed: the evaluations along the way and the result.
+/// One variant with one seed: the evaluations along the way and the result. `flow` is the
+/// gradient flow from this seed's start (compared with plain GD runs when the config asks for it).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn run_one(
     config: &ExperimentConfig,
     variant: &Variant,
@@ -29,6 +31,7 @@ pub(super) fn run_one(
     test_net: &Network,
     train: &Dataset,
     test: &Dataset,
+    flow: &mut GradientFlowCache<'_>,
 ) -> Result<(RunResult, Vec<Evaluation>)> {
     let started = Instant::now();
     let train_labels = train.labels().ok_or_else(|| Error::invalid("data", "training set has no class labels"))?;
@@ -86,10 +89,10 @@ pub(super) fn run_one(
     let theta0 = theta.clone();
     let mut flows =
         (config.measure.gradient_flow && variant.batch_size.is_none() && variant.regulariser == Regulariser::None)
-            .then(|| Flows::new(net, &theta0, variant.lr, &config.measure));
+            .then(|| Flows::new(flow, &theta0, variant.lr, &config.measure));
     let mut first = evaluate(&theta, 0, &mut warm)?;
     if let Some(f) = &mut flows {
-        first.flow = Some(f.compare(&theta, &theta0, 0, seed)?);
+        first.flow = Some(f.compare(&theta, &theta0, 0)?);
     }
     let first_loss = first.train_loss;
     evaluations.push(first);
@@ -104,7 +107,6 @@ pub(super) fn run_one(
         flows,
         flow_until: config.measure.flow_until,
         theta0: &theta0,
-        seed,
         evaluations,
     };
     let end = drive(&mut stepper, 0, variant.steps, &mut [&mut evaluator]);
@@ -175,20 +177,19 @@ impl Stepper for ToyStepper<'_> {
 /// The toy run's evaluations every `every` steps and at the end: losses, accuracies, λ_max
 /// (`evaluate`), the flow comparisons, and the stop when the training loss exceeds
 /// [`DIVERGED_FACTOR`] times its first value.
-struct ToyEvaluations<'a, 'n, F> {
+struct ToyEvaluations<'a, 'c, 'n, F> {
     every: usize,
     steps: usize,
     evaluate: F,
     warm: Option<Array1<f64>>,
     first_loss: f64,
-    flows: Option<Flows<'n>>,
+    flows: Option<Flows<'c, 'n>>,
     flow_until: Option<f64>,
     theta0: &'a Array1<f64>,
-    seed: u64,
     evaluations: Vec<Evaluation>,
 }
 
-impl<'s, F> Observer<ToyStepper<'s>> for ToyEvaluations<'_, '_, F>
+impl<'s, F> Observer<ToyStepper<'s>> for ToyEvaluations<'_, '_, '_, F>
 where
     F: FnMut(&Array1<f64>, usize, &mut Option<Array1<f64>>) -> Result<Evaluation>,
 {
@@ -203,73 +204,157 @@ where
         if let Some(f) = &mut self.flows
             && self.flow_until.is_none_or(|t| done as f64 * stepper.lr <= t * (1.0 + 1e-12))
         {
-            e.flow = Some(f.compare(&stepper.theta, self.theta0, done, self.seed)?);
+            e.flow = Some(f.compare(&stepper.theta, self.theta0, done)?);
         }
         self.evaluations.push(e);
         Ok(Control::Continue)
     }
 }
 
-/// The gradient flow and GD's modified flow from $\theta_0$, advanced alongside a GD run.
-struct Flows<'a> {
-    net: &'a Network,
-    h: f64,
-    params: AdaptiveParams,
-    plain: Array1<f64>,
-    modified: Option<Array1<f64>>,
+/// One state of the gradient flow, with what the comparisons report about it.
+#[derive(Debug, Clone)]
+struct FlowPoint {
     time: f64,
-    plain_error: f64,
-    modified_error: f64,
+    theta: Array1<f64>,
+    /// Summed embedded error estimates of the segments that led here.
+    error: f64,
+    loss: f64,
+    lambda_max: f64,
+    lambda_residual: f64,
+}
+
+/// The gradient flow $\varphi_t(\theta_0)$ from one seed's start, shared by every GD run of an
+/// experiment that compares against it (the flow does not depend on the step size): each state
+/// is integrated once, from the latest earlier state, and its $\lambda_{\max}$ (Lanczos, tol
+/// $10^{-6}$, warm-started from the previous state's vector) computed once.
+pub(super) struct GradientFlowCache<'n> {
+    net: &'n Network,
+    params: AdaptiveParams,
+    seed: u64,
+    /// Computed states in increasing time, from $t = 0$.
+    points: Vec<FlowPoint>,
     warm: Option<Array1<f64>>,
 }
 
-impl<'a> Flows<'a> {
-    fn new(net: &'a Network, theta0: &Array1<f64>, h: f64, measure: &MeasureConfig) -> Self {
+impl<'n> GradientFlowCache<'n> {
+    /// The flow of `net` from `theta0` with the integration tolerance of `measure`.
+    pub(super) fn new(net: &'n Network, theta0: Array1<f64>, measure: &MeasureConfig, seed: u64) -> Self {
         let rtol = measure.flow_rtol;
-        Flows {
-            net,
-            h,
-            params: AdaptiveParams { rtol, atol: rtol * 1e-3, ..AdaptiveParams::default() },
-            plain: theta0.clone(),
-            modified: measure.modified_flow.then(|| theta0.clone()),
+        let start = FlowPoint {
             time: 0.0,
-            plain_error: 0.0,
-            modified_error: 0.0,
+            theta: theta0,
+            error: 0.0,
+            loss: f64::NAN,
+            lambda_max: f64::NAN,
+            lambda_residual: f64::NAN,
+        };
+        GradientFlowCache {
+            net,
+            params: AdaptiveParams { rtol, atol: rtol * 1e-3, ..AdaptiveParams::default() },
+            seed,
+            points: vec![start],
             warm: None,
         }
     }
 
-    /// Advances both flows to $t = \text{step}\cdot h$ and compares them with the iterate.
-    fn compare(&mut self, theta: &Array1<f64>, theta0: &Array1<f64>, step: usize, seed: u64) -> Result<FlowComparison> {
+    /// Whether two flow times are the same evaluation time (`step * h` of different runs can
+    /// differ in the last bit).
+    fn same_time(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-12 * a.abs().max(b.abs()).max(1.0)
+    }
+
+    /// The state at time `t >= 0`, computed when not yet known.
+    fn at(&mut self, t: f64) -> Result<&FlowPoint> {
+        let index = match self.points.iter().position(|p| Self::same_time(p.time, t)) {
+            Some(i) => i,
+            None => {
+                // Integrate from the latest state before t; keep the list sorted.
+                let from = self.points.iter().rposition(|p| p.time < t).expect("the list starts at t = 0 <= t");
+                let plain = gd_modified_field(self.net, GdFlow::Plain, 0.0);
+                let start = &self.points[from];
+                let (theta, info) = dormand_prince(&plain, start.theta.view(), t - start.time, &self.params)?;
+                let point = FlowPoint {
+                    time: t,
+                    theta,
+                    error: start.error + info.error_estimate,
+                    loss: f64::NAN,
+                    lambda_max: f64::NAN,
+                    lambda_residual: f64::NAN,
+                };
+                self.points.insert(from + 1, point);
+                from + 1
+            }
+        };
+        if self.points[index].lambda_max.is_nan() {
+            let point = &mut self.points[index];
+            let op = HessianOperator { objective: self.net, theta: point.theta.clone() };
+            let params = LanczosParams {
+                k: 1,
+                tol: 1e-6,
+                seed: self.seed,
+                start: self.warm.clone(),
+                ..LanczosParams::default()
+            };
+            let e = lanczos(&op, &params)?;
+            self.warm = Some(e.vectors.column(0).to_owned());
+            point.loss = self.net.loss(point.theta.view());
+            point.lambda_max = e.values.first().copied().unwrap_or(f64::NAN);
+            point.lambda_residual = e.residuals.first().copied().unwrap_or(f64::NAN);
+        }
+        Ok(&self.points[index])
+    }
+}
+
+/// The gradient flow (shared, [`GradientFlowCache`]) and GD's modified flow (this run's step
+/// size) from $\theta_0$, compared with a GD run's iterates.
+struct Flows<'c, 'n> {
+    plain: &'c mut GradientFlowCache<'n>,
+    h: f64,
+    params: AdaptiveParams,
+    modified: Option<Array1<f64>>,
+    time: f64,
+    modified_error: f64,
+}
+
+impl<'c, 'n> Flows<'c, 'n> {
+    fn new(plain: &'c mut GradientFlowCache<'n>, theta0: &Array1<f64>, h: f64, measure: &MeasureConfig) -> Self {
+        let params = plain.params.clone();
+        Flows {
+            plain,
+            h,
+            params,
+            modified: measure.modified_flow.then(|| theta0.clone()),
+            time: 0.0,
+            modified_error: 0.0,
+        }
+    }
+
+    /// Advances the modified flow to $t = \text{step}\cdot h$, looks up the gradient flow there,
+    /// and compares both with the iterate.
+    fn compare(&mut self, theta: &Array1<f64>, theta0: &Array1<f64>, step: usize) -> Result<FlowComparison> {
         let t = step as f64 * self.h;
         let dt = t - self.time;
         if dt > 0.0 {
-            let plain = gd_modified_field(self.net, GdFlow::Plain, self.h);
-            let (next, info) = dormand_prince(&plain, self.plain.view(), dt, &self.params)?;
-            self.plain = next;
-            self.plain_error += info.error_estimate;
             if let Some(state) = &mut self.modified {
-                let modified = gd_modified_field(self.net, GdFlow::FirstOrder, self.h);
+                let modified = gd_modified_field(self.plain.net, GdFlow::FirstOrder, self.h);
                 let (next, info) = dormand_prince(&modified, state.view(), dt, &self.params)?;
                 *state = next;
                 self.modified_error += info.error_estimate;
             }
             self.time = t;
         }
-        let op = HessianOperator { objective: self.net, theta: self.plain.clone() };
-        let params = LanczosParams { k: 1, tol: 1e-6, seed, start: self.warm.clone(), ..LanczosParams::default() };
-        let e = lanczos(&op, &params)?;
-        self.warm = Some(e.vectors.column(0).to_owned());
         let distance = |a: &Array1<f64>, b: &Array1<f64>| (a - b).mapv(|x| x * x).sum().sqrt();
+        let modified_distance = self.modified.as_ref().map(|m| distance(theta, m));
+        let p = self.plain.at(t)?;
         Ok(FlowComparison {
             time: t,
-            plain_distance: distance(theta, &self.plain),
-            modified_distance: self.modified.as_ref().map(|m| distance(theta, m)),
+            plain_distance: distance(theta, &p.theta),
+            modified_distance,
             travelled: distance(theta, theta0),
-            flow_train_loss: self.net.loss(self.plain.view()),
-            flow_lambda_max: e.values.first().copied().unwrap_or(f64::NAN),
-            flow_lambda_residual: e.residuals.first().copied().unwrap_or(f64::NAN),
-            error_bound: self.plain_error.max(self.modified_error),
+            flow_train_loss: p.loss,
+            flow_lambda_max: p.lambda_max,
+            flow_lambda_residual: p.lambda_residual,
+            error_bound: p.error.max(self.modified_error),
         })
     }
 }

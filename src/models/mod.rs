@@ -4,10 +4,12 @@
 //! and an exact Hessian-vector product; the networks also implement
 //! [`FiniteSum`](crate::objective::FiniteSum).
 
+mod activation;
 mod network;
 mod quadratic;
 
-pub use network::{Activation, Network, NetworkSpec, OutputLoss, ParameterBlock};
+pub use activation::Activation;
+pub use network::{Network, NetworkSpec, OutputLoss, ParameterBlock};
 pub use quadratic::{Quadratic, random_orthogonal};
 
 use ndarray::Array1;

@@ -28,50 +28,16 @@
 use ndarray::linalg::general_mat_mul;
 use std::sync::Mutex;
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, CowArray, Ix1, Zip, s};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, CowArray, Ix1, ShapeBuilder, Zip, s};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
+use super::activation::{Activation, PARALLEL_MIN, sigmoid, softplus};
 use crate::data::{Dataset, Targets};
 use crate::objective::{FiniteSum, Objective};
 use crate::{Error, Result};
-
-/// A smooth elementwise activation $\sigma$.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Activation {
-    /// $\sigma(x) = x$ (deep linear networks).
-    Identity,
-    /// $\sigma(x) = \tanh x$.
-    Tanh,
-    /// $\sigma(x) = \log(1 + e^x)$.
-    Softplus,
-    /// $\sigma(x) = x\,\Phi(x)$ with $\Phi$ the standard normal CDF (exact, erf-based GELU).
-    Gelu,
-}
-
-const INV_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
-/// $1/\sqrt{2\pi}$.
-const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
-
-fn sigmoid(x: f64) -> f64 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
-}
-
-fn softplus(x: f64) -> f64 {
-    x.max(0.0) + (-x.abs()).exp().ln_1p()
-}
-
-/// Arrays with at least this many entries are updated elementwise on all cores (rayon); smaller
-/// ones on the calling thread, where rayon's overhead would dominate.
-const PARALLEL_MIN: usize = 1 << 15;
 
 /// `Zip::for_each`, in parallel for large arrays.
 macro_rules! zip_for_each {
@@ -106,7 +72,7 @@ impl BufferPool {
             pool.iter().position(|v| v.len() == len).map(|i| pool.swap_remove(i))
         };
         let data = reused.unwrap_or_else(|| vec![0.0; len]);
-        Array2::from_shape_vec((rows, cols), data).expect("buffer length is rows * cols")
+        Array2::from_shape_vec((rows, cols).f(), data).expect("buffer length is rows * cols")
     }
 
     /// Returns `a`'s storage to the pool.
@@ -117,41 +83,6 @@ impl BufferPool {
             pool.remove(0);
         }
         pool.push(data);
-    }
-}
-
-impl Activation {
-    /// $\sigma(a)$.
-    pub fn value(self, a: f64) -> f64 {
-        match self {
-            Activation::Identity => a,
-            Activation::Tanh => a.tanh(),
-            Activation::Softplus => softplus(a),
-            Activation::Gelu => a * 0.5 * (1.0 + libm::erf(a * INV_SQRT_2)),
-        }
-    }
-
-    /// $\sigma'(a)$, given also $z = \sigma(a)$ (cheaper for tanh).
-    pub fn first(self, a: f64, z: f64) -> f64 {
-        match self {
-            Activation::Identity => 1.0,
-            Activation::Tanh => 1.0 - z * z,
-            Activation::Softplus => sigmoid(a),
-            Activation::Gelu => 0.5 * (1.0 + libm::erf(a * INV_SQRT_2)) + a * INV_SQRT_2PI * (-0.5 * a * a).exp(),
-        }
-    }
-
-    /// $\sigma''(a)$, given also $z = \sigma(a)$.
-    pub fn second(self, a: f64, z: f64) -> f64 {
-        match self {
-            Activation::Identity => 0.0,
-            Activation::Tanh => -2.0 * z * (1.0 - z * z),
-            Activation::Softplus => {
-                let s = sigmoid(a);
-                s * (1.0 - s)
-            }
-            Activation::Gelu => INV_SQRT_2PI * (-0.5 * a * a).exp() * (2.0 - a * a),
-        }
     }
 }
 
@@ -452,7 +383,7 @@ impl Network {
             let a = self.affine(z_prev, self.weight(theta, l), self.bias(theta, l));
             if l + 1 < n_layers {
                 let mut z = self.pool.take(a.nrows(), a.ncols());
-                zip_for_each!(a.len(), Zip::from(&mut z).and(&a), |z, &a| *z = act.value(a));
+                act.apply(a.view(), z.view_mut());
                 post.push(z);
             }
             pre.push(a);
@@ -648,11 +579,43 @@ impl Network {
         let theta = theta.as_slice().expect("standard layout");
         let v = self.contiguous(v);
         let v = v.as_slice().expect("standard layout");
-        let act = self.spec.activation;
         let fwd = self.forward(theta, x, Some(y));
-        let (r_pre, r_post) = self.r_forward(theta, v, x, &fwd);
-        let mut delta = self.output_delta(&fwd, y);
-        let mut r_delta = self.output_hessian_apply(&fwd, y, r_pre.last().expect("at least one layer"));
+        let hv = self.hvp_after_forward(theta, v, x, y, &fwd);
+        self.recycle(fwd);
+        hv
+    }
+
+    /// $(L, g, Hg)$ on `(x, y)` with one forward pass.
+    fn gradient_and_hvp_at_gradient_on(
+        &self,
+        theta: ArrayView1<f64>,
+        x: ArrayView2<f64>,
+        y: ArrayView2<f64>,
+    ) -> (f64, Array1<f64>, Array1<f64>) {
+        let theta = self.contiguous(theta);
+        let theta = theta.as_slice().expect("standard layout");
+        let fwd = self.forward(theta, x, Some(y));
+        let loss = self.output_loss(&fwd, y);
+        let delta = self.output_delta(&fwd, y);
+        let grad = self.backward(theta, x, &fwd, delta);
+        let hg = self.hvp_after_forward(theta, grad.as_slice().expect("standard layout"), x, y, &fwd);
+        self.recycle(fwd);
+        (loss, grad, hg)
+    }
+
+    /// The R-operator passes of the HVP with direction `v`, given the forward pass at `theta`.
+    fn hvp_after_forward(
+        &self,
+        theta: &[f64],
+        v: &[f64],
+        x: ArrayView2<f64>,
+        y: ArrayView2<f64>,
+        fwd: &Forward,
+    ) -> Array1<f64> {
+        let act = self.spec.activation;
+        let (r_pre, r_post) = self.r_forward(theta, v, x, fwd);
+        let mut delta = self.output_delta(fwd, y);
+        let mut r_delta = self.output_hessian_apply(fwd, y, r_pre.last().expect("at least one layer"));
         let mut out = vec![0.0; self.dim];
         for l in (0..self.layers.len()).rev() {
             let z_prev = if l == 0 { x } else { fwd.post[l - 1].view() };
@@ -686,7 +649,6 @@ impl Network {
         for a in r_pre.into_iter().chain(r_post).chain([delta, r_delta]) {
             self.pool.give(a);
         }
-        self.recycle(fwd);
         Array1::from(out)
     }
 
@@ -757,6 +719,9 @@ impl Objective for Network {
     fn hvp(&self, theta: ArrayView1<f64>, v: ArrayView1<f64>) -> Array1<f64> {
         self.hvp_on(theta, v, self.inputs.view(), self.targets.view())
     }
+    fn gradient_and_hvp_at_gradient(&self, theta: ArrayView1<f64>) -> (f64, Array1<f64>, Array1<f64>) {
+        self.gradient_and_hvp_at_gradient_on(theta, self.inputs.view(), self.targets.view())
+    }
     fn third_derivative(&self, theta: ArrayView1<f64>, u: ArrayView1<f64>, v: ArrayView1<f64>) -> Array1<f64> {
         if self.spec.hidden.is_empty() {
             self.third_derivative_linear(theta, u, v)
@@ -782,6 +747,14 @@ impl FiniteSum for Network {
         let (x, y) = self.batch_rows(batch);
         self.hvp_on(theta, v, x.view(), y.view())
     }
+    fn batch_gradient_and_hvp_at_gradient(
+        &self,
+        theta: ArrayView1<f64>,
+        batch: &[usize],
+    ) -> (f64, Array1<f64>, Array1<f64>) {
+        let (x, y) = self.batch_rows(batch);
+        self.gradient_and_hvp_at_gradient_on(theta, x.view(), y.view())
+    }
 }
 
 #[cfg(test)]
@@ -789,18 +762,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn activation_derivatives_match_differences() {
-        for act in [Activation::Identity, Activation::Tanh, Activation::Softplus, Activation::Gelu] {
-            for &a in &[-3.0, -0.7, 0.0, 0.4, 2.5] {
-                let h = 1e-5;
-                let z = act.value(a);
-                let d1 = (act.value(a + h) - act.value(a - h)) / (2.0 * h);
-                let d2 = (act.first(a + h, act.value(a + h)) - act.first(a - h, act.value(a - h))) / (2.0 * h);
-                // Central differences with h = 1e-5 on O(1) functions: error ~1e-10.
-                assert!((act.first(a, z) - d1).abs() < 1e-8, "{act:?} first at {a}");
-                assert!((act.second(a, z) - d2).abs() < 1e-8, "{act:?} second at {a}");
-            }
-        }
+    fn fused_gradient_and_hvp_at_gradient_equal_the_separate_calls() {
+        let data = crate::data::gaussian_mixture(60, 5, 3, 2.0, 11).expect("valid sizes");
+        let net = crate::models::mlp(&data, &[7, 6], 3, Activation::Tanh, OutputLoss::SoftmaxCrossEntropy)
+            .expect("valid network");
+        let theta = net.initial_parameters(3);
+        let (l, g) = net.loss_and_gradient(theta.view());
+        let hg = net.hvp(theta.view(), g.view());
+        // Same arithmetic in the same order: equal to the last bit.
+        assert_eq!(net.gradient_and_hvp_at_gradient(theta.view()), (l, g, hg));
+        let batch = [4, 9, 9, 30, 59];
+        let g = net.batch_gradient(theta.view(), &batch);
+        let hg = net.batch_hvp(theta.view(), &batch, g.view());
+        let l = net.batch_loss(theta.view(), &batch);
+        assert_eq!(net.batch_gradient_and_hvp_at_gradient(theta.view(), &batch), (l, g, hg));
     }
 
     #[test]

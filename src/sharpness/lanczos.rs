@@ -1,7 +1,8 @@
 //! Thick-restart Lanczos with full reorthogonalisation and locking, and power iteration with
 //! deflation.
 
-use ndarray::{Array1, Array2, ArrayView1, s};
+use ndarray::linalg::{general_mat_mul, general_mat_vec_mul};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, s};
 use ndarray_linalg::{Eigh, UPLO};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -70,7 +71,8 @@ pub struct LanczosParams {
     /// it to the operator's accuracy for inexact operators (about $10^{-8}$ for
     /// [`FiniteDifferenceHessian`](super::FiniteDifferenceHessian)).
     pub floor: f64,
-    /// Largest basis before a restart (0: $\max(2k + 20, 30)$); memory is $d \times$ this.
+    /// Largest basis before a restart (0: $\max(2k + 20, 30)$); memory is $2d \times$ this (the
+    /// basis, and the storage a thick restart builds the next one in).
     pub max_basis: usize,
     /// Budget of operator applications.
     pub max_applications: usize,
@@ -136,14 +138,17 @@ const LOCK: f64 = 0.5;
 
 /// Counts applications and rejects non-finite results.
 struct Counted<'a> {
+    /// The operator.
     op: &'a dyn LinearOperator,
+    /// Applications so far.
     applications: usize,
 }
 
 impl Counted<'_> {
-    fn apply(&mut self, v: &Array1<f64>) -> Result<Array1<f64>> {
+    /// $Av$, counted; an error if any entry is not finite.
+    fn apply(&mut self, v: ArrayView1<f64>) -> Result<Array1<f64>> {
         self.applications += 1;
-        let w = self.op.apply(v.view());
+        let w = self.op.apply(v);
         if w.iter().all(|x| x.is_finite()) {
             Ok(w)
         } else {
@@ -161,58 +166,158 @@ pub(crate) fn symmetric_eigen(t: &Array2<f64>) -> Result<(Array1<f64>, Array2<f6
     Ok(t.eigh(UPLO::Lower)?)
 }
 
-fn norm(x: &Array1<f64>) -> f64 {
-    x.dot(x).sqrt()
+/// The Euclidean norm.
+fn norm(x: ArrayView1<f64>) -> f64 {
+    x.dot(&x).sqrt()
 }
 
-/// Removes from `w` its components along `basis` (classical Gram-Schmidt, applied twice for
-/// full reorthogonalisation) and returns the removed coefficients.
-fn orthogonalise(w: &mut Array1<f64>, basis: &[Array1<f64>]) -> Vec<f64> {
-    let mut coefficients = vec![0.0; basis.len()];
+/// Vectors of $\mathbb{R}^d$ stored as the rows of one row-major matrix, so that products with
+/// all of them at once are single BLAS calls (level 2 for one vector, level 3 for several): rows
+/// `0..len` are in use, the rest is spare capacity (grown by doubling when a push needs it).
+struct Rows {
+    /// Shape (capacity, d), row-major.
+    data: Array2<f64>,
+    /// Rows in use.
+    len: usize,
+}
+
+impl Rows {
+    /// No rows, with room for `capacity` vectors of length `d` (zero pages: untouched capacity
+    /// costs no memory traffic).
+    fn with_capacity(capacity: usize, d: usize) -> Self {
+        Rows { data: Array2::zeros((capacity, d)), len: 0 }
+    }
+
+    /// Number of rows in use.
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The rows in use, as a `len x d` matrix.
+    fn view(&self) -> ArrayView2<'_, f64> {
+        self.first(self.len)
+    }
+
+    /// The first `n` rows in use, as an `n x d` matrix.
+    fn first(&self, n: usize) -> ArrayView2<'_, f64> {
+        assert!(n <= self.len, "{n} rows asked of {}", self.len);
+        self.data.slice(s![..n, ..])
+    }
+
+    /// Row `i` (in use).
+    fn row(&self, i: usize) -> ArrayView1<'_, f64> {
+        assert!(i < self.len, "row {i} of {}", self.len);
+        self.data.row(i)
+    }
+
+    /// Drops every row (the storage stays).
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Makes `n` rows the rows in use, with unspecified contents (the caller fills them), and
+    /// returns them.
+    fn reset(&mut self, n: usize) -> ArrayViewMut2<'_, f64> {
+        if n > self.data.nrows() {
+            self.data = Array2::zeros((n, self.data.ncols()));
+        }
+        self.len = n;
+        self.data.slice_mut(s![..n, ..])
+    }
+
+    /// Appends a row whose contents are unspecified (the caller fills it) and returns the rows
+    /// before it and the new row.
+    fn push(&mut self) -> (ArrayViewMut2<'_, f64>, ArrayViewMut1<'_, f64>) {
+        if self.len == self.data.nrows() {
+            let mut grown = Array2::zeros(((2 * self.len).max(1), self.data.ncols()));
+            grown.slice_mut(s![..self.len, ..]).assign(&self.view());
+            self.data = grown;
+        }
+        let n = self.len;
+        self.len += 1;
+        let (before, after) = self.data.slice_mut(s![..n + 1, ..]).split_at(Axis(0), n);
+        (before, after.index_axis_move(Axis(0), 0))
+    }
+
+    /// Appends a copy of `x`.
+    fn push_copy(&mut self, x: ArrayView1<f64>) {
+        self.push().1.assign(&x);
+    }
+
+    /// Removes row `i`, moving the last row into its place (as [`Vec::swap_remove`]).
+    fn swap_remove(&mut self, i: usize) {
+        assert!(i < self.len, "row {i} of {}", self.len);
+        let last = self.len - 1;
+        if i != last {
+            let (mut target, source) = self.data.multi_slice_mut((s![i, ..], s![last, ..]));
+            target.assign(&source);
+        }
+        self.len = last;
+    }
+}
+
+/// One pass of blocked classical Gram-Schmidt against the rows of `block`: $h = Vw$, then
+/// $w \leftarrow w - V^\top h$ (two matrix-vector products); `h` receives the coefficients.
+fn project_out(w: &mut ArrayViewMut1<f64>, block: ArrayView2<f64>, h: &mut Array1<f64>) {
+    if block.nrows() == 0 {
+        return;
+    }
+    general_mat_vec_mul(1.0, &block, &*w, 0.0, h);
+    general_mat_vec_mul(-1.0, &block.t(), &*h, 1.0, w);
+}
+
+/// Removes from `w` its components along the rows of every block of `against` (each block
+/// orthonormal, and the blocks orthogonal to each other) by blocked classical Gram-Schmidt applied
+/// twice (DGKS: the second pass removes what rounding left after the first); each pass treats the
+/// blocks in order. Returns the coefficients removed along the rows of the last block, summed over
+/// both passes (empty without blocks).
+fn orthogonalise(mut w: ArrayViewMut1<f64>, against: &[ArrayView2<f64>]) -> Array1<f64> {
+    let mut scratch: Vec<Array1<f64>> = against.iter().map(|b| Array1::zeros(b.nrows())).collect();
+    let mut total = Array1::zeros(against.last().map_or(0, |b| b.nrows()));
     for _ in 0..2 {
-        for (c, b) in coefficients.iter_mut().zip(basis) {
-            let h = b.dot(w);
-            w.scaled_add(-h, b);
-            *c += h;
+        for (block, h) in against.iter().zip(&mut scratch) {
+            project_out(&mut w, *block, h);
+        }
+        if let Some(h) = scratch.last() {
+            total += h;
         }
     }
-    coefficients
+    total
 }
 
-fn random_unit(d: usize, rng: &mut ChaCha8Rng, against: &[&[Array1<f64>]]) -> Array1<f64> {
+/// Fills `out` with a random unit vector (standard normal entries drawn in order from `rng`)
+/// orthogonal to the rows of the blocks of `against`.
+fn random_unit(mut out: ArrayViewMut1<f64>, rng: &mut ChaCha8Rng, against: &[ArrayView2<f64>]) {
     loop {
-        let mut v: Array1<f64> = Array1::from_shape_fn(d, |_| StandardNormal.sample(rng));
-        for basis in against {
-            orthogonalise(&mut v, basis);
-        }
-        let n = norm(&v);
+        out.iter_mut().for_each(|x| *x = StandardNormal.sample(rng));
+        orthogonalise(out.view_mut(), against);
+        let n = norm(out.view());
         if n > 1e-8 {
-            return v / n;
+            out /= n;
+            return;
         }
     }
 }
 
-/// One Lanczos step with full reorthogonalisation: applies the operator to `v[j]`, stores the
-/// explicit projections $\langle v_i, A v_j\rangle$ in row and column `j` of `t`, and returns
-/// the remainder $f_j$ (orthogonal to `v` and `locked`), so that
+/// One Lanczos step with full reorthogonalisation: applies the operator to row `j` of `v`,
+/// stores the explicit projections $\langle v_i, A v_j\rangle$ in row and column `j` of `t`, and
+/// returns the remainder $f_j$ (orthogonal to `v` and `locked`), so that
 /// $A V_{j+1} = V_{j+1} T_{j+1} + f_j e_{j+1}^\top$. When `push` is set and the basis has no
-/// vector `j + 1` yet, the normalised remainder becomes it.
+/// row `j + 1` yet, the normalised remainder becomes it.
 #[allow(clippy::too_many_arguments)]
 fn lanczos_step(
     op: &mut Counted,
-    v: &mut Vec<Array1<f64>>,
+    v: &mut Rows,
     t: &mut Array2<f64>,
     j: usize,
     push: bool,
-    locked: &[Array1<f64>],
+    locked: ArrayView2<f64>,
     rng: &mut ChaCha8Rng,
     scale: f64,
 ) -> Result<Array1<f64>> {
-    let d = v[0].len();
-    let mut w = op.apply(&v[j])?;
-    let size = norm(&w).max(scale);
-    orthogonalise(&mut w, locked);
-    let h = orthogonalise(&mut w, v);
+    let mut w = op.apply(v.row(j))?;
+    let size = norm(w.view()).max(scale);
+    let h = orthogonalise(w.view_mut(), &[locked, v.view()]);
     for (i, hi) in h.iter().enumerate() {
         t[[i, j]] = *hi;
         t[[j, i]] = *hi;
@@ -222,28 +327,29 @@ fn lanczos_step(
         // large relative to itself: orthogonalise the normalised remainder once more, and if
         // little survives, the basis is (numerically) invariant: continue with a fresh random
         // direction. T holds explicit projections, so either way it stays exact.
-        let beta = norm(&w);
-        let mut q = if beta > 1e-14 * size { &w / beta } else { Array1::zeros(d) };
-        orthogonalise(&mut q, locked);
-        orthogonalise(&mut q, v);
-        let nq = norm(&q);
-        if nq > 0.5 {
-            v.push(q / nq);
+        let beta = norm(w.view());
+        let (basis, mut q) = v.push();
+        if beta > 1e-14 * size {
+            q.assign(&w);
+            q /= beta;
         } else {
-            let fresh = random_unit(d, rng, &[locked, v]);
-            v.push(fresh);
+            q.fill(0.0);
+        }
+        orthogonalise(q.view_mut(), &[locked, basis.view()]);
+        let nq = norm(q.view());
+        if nq > 0.5 {
+            q /= nq;
+        } else {
+            random_unit(q, rng, &[locked, basis.view()]);
         }
     }
     Ok(w)
 }
 
-/// $\sum_i y_i v_i$.
-fn combine(y: ArrayView1<f64>, v: &[Array1<f64>]) -> Array1<f64> {
-    let mut x = Array1::<f64>::zeros(v[0].len());
-    for (c, b) in y.iter().zip(v) {
-        x.scaled_add(*c, b);
-    }
-    x
+/// The Ritz vector $x = V_n^\top y = \sum_i y_i v_i$ over the first $n$ = `y.len()` rows of `v`,
+/// as one matrix-vector product, written into `x`.
+fn combine(y: ArrayView1<f64>, v: &Rows, mut x: ArrayViewMut1<f64>) {
+    general_mat_vec_mul(1.0, &v.first(y.len()).t(), &y, 0.0, &mut x);
 }
 
 /// The `k` wanted eigenpairs of the symmetric `op` by thick-restart Lanczos with full
@@ -266,6 +372,12 @@ fn combine(y: ArrayView1<f64>, v: &[Array1<f64>]) -> Array1<f64> {
 /// of the wrong length or zero; [`Error::Diverged`] if the operator returns a non-finite vector;
 /// [`Error::Linalg`] if LAPACK fails. Running out of `max_applications` is not an error: the
 /// result says `converged: false`.
+///
+/// The Krylov basis $V$, the locked vectors $Q$ and their products $AQ$ are each stored as the
+/// rows of one row-major matrix, so that the reorthogonalisation of a new vector is four
+/// matrix-vector products per pass ($h = Vw$, $w \leftarrow w - V^\top h$ against $Q$ and $V$),
+/// a Ritz vector $V^\top y$ is one, and a thick restart (the kept Ritz vectors $Y^\top V$) is one
+/// matrix product.
 pub fn lanczos(op: &dyn LinearOperator, params: &LanczosParams) -> Result<Eigenpairs> {
     let d = op.dim();
     if params.k == 0 || params.k > d {
@@ -275,7 +387,7 @@ pub fn lanczos(op: &dyn LinearOperator, params: &LanczosParams) -> Result<Eigenp
         return Err(Error::invalid("tol", "must be positive"));
     }
     if let Some(s) = &params.start
-        && (s.len() != d || !(norm(s).is_finite() && norm(s) > 0.0))
+        && (s.len() != d || !(norm(s.view()).is_finite() && norm(s.view()) > 0.0))
     {
         return Err(Error::invalid(
             "start",
@@ -286,10 +398,17 @@ pub fn lanczos(op: &dyn LinearOperator, params: &LanczosParams) -> Result<Eigenp
     let max_basis = if params.max_basis == 0 { (2 * k + 20).max(30) } else { params.max_basis.max(k + 2) };
     let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
     let mut counted = Counted { op, applications: 0 };
-    // Locked pairs: vector x, value, and the product A x.
-    let mut locked: Vec<Array1<f64>> = Vec::new();
+    // Locked pairs: vectors x (rows), values, and the products A x (rows). A verification run
+    // may hold k + 1 for a moment.
+    let mut locked = Rows::with_capacity(k + 1, d);
     let mut locked_values: Vec<f64> = Vec::new();
-    let mut locked_products: Vec<Array1<f64>> = Vec::new();
+    let mut locked_products = Rows::with_capacity(k + 1, d);
+    // The Krylov basis (rows), and the storage the next one is built in at a thick restart.
+    let mut v = Rows::with_capacity(max_basis.min(d), d);
+    let mut spare = Rows::with_capacity(max_basis.min(d), d);
+    // Reused buffers: a Ritz vector and its residual.
+    let mut x = Array1::<f64>::zeros(d);
+    let mut r_vec = Array1::<f64>::zeros(d);
     let mut scale: f64 = 0.0;
     let mut iterations = 0;
     let mut restarts = 0;
@@ -301,9 +420,9 @@ pub fn lanczos(op: &dyn LinearOperator, params: &LanczosParams) -> Result<Eigenp
     let mut several_per_run = false;
     let mut verifying = false;
     // The best unlocked Ritz vectors of the Krylov space the budget ended in (keep_unconverged).
-    let mut unconverged: Vec<Array1<f64>> = Vec::new();
+    let mut unconverged = Rows::with_capacity(0, d);
 
-    let mut next_start: Option<Array1<f64>> = params.start.as_ref().map(|s| s / norm(s));
+    let mut next_start: Option<Array1<f64>> = params.start.as_ref().map(|s| s / norm(s.view()));
     'runs: while counted.applications < params.max_applications {
         if locked.len() >= k {
             if !several_per_run || !params.verify_multiplicity || locked.len() == d {
@@ -313,26 +432,32 @@ pub fn lanczos(op: &dyn LinearOperator, params: &LanczosParams) -> Result<Eigenp
         }
         let need = if verifying { 1 } else { k - locked.len() };
         let mut m = max_basis.min(d - locked.len());
-        let start = match next_start.take() {
-            Some(mut s) => {
-                orthogonalise(&mut s, &locked);
-                let n = norm(&s);
-                if n > 1e-8 { s / n } else { random_unit(d, &mut rng, &[&locked]) }
+        v.clear();
+        let (_, mut start) = v.push();
+        match next_start.take() {
+            Some(s) => {
+                start.assign(&s);
+                orthogonalise(start.view_mut(), &[locked.view()]);
+                let n = norm(start.view());
+                if n > 1e-8 {
+                    start /= n;
+                } else {
+                    random_unit(start, &mut rng, &[locked.view()]);
+                }
             }
-            None => random_unit(d, &mut rng, &[&locked]),
-        };
-        let mut v = vec![start];
+            None => random_unit(start, &mut rng, &[locked.view()]),
+        }
         let mut t = Array2::<f64>::zeros((m, m));
         let mut j = 0;
         loop {
-            let f = lanczos_step(&mut counted, &mut v, &mut t, j, j + 1 < m, &locked, &mut rng, scale)?;
+            let f = lanczos_step(&mut counted, &mut v, &mut t, j, j + 1 < m, locked.view(), &mut rng, scale)?;
             iterations += 1;
             j += 1;
             let (theta, y) = symmetric_eigen(&t.slice(s![..j, ..j]).to_owned())?;
             scale = theta.iter().fold(scale, |a, x| a.max(x.abs()));
             let mut order: Vec<usize> = (0..j).collect();
             order.sort_by(|&a, &b| key(theta[a]).total_cmp(&key(theta[b])));
-            let beta = norm(&f);
+            let beta = norm(f.view());
             // When the basis spans the whole complement every Ritz pair is exact.
             let exact = j == d - locked.len();
             let estimate_met = |i: usize| exact || beta * y[[j - 1, i]].abs() <= LOCK * threshold(theta[i], scale);
@@ -342,9 +467,9 @@ pub fn lanczos(op: &dyn LinearOperator, params: &LanczosParams) -> Result<Eigenp
                     if !estimate_met(i) {
                         break;
                     }
-                    let mut x = combine(y.column(i), &v);
-                    orthogonalise(&mut x, &locked);
-                    let nx = norm(&x);
+                    combine(y.column(i), &v, x.view_mut());
+                    orthogonalise(x.view_mut(), &[locked.view()]);
+                    let nx = norm(x.view());
                     if nx < 0.5 {
                         // Numerically inside the locked span (a non-symmetric operator, e.g. a
                         // finite-difference one, can do this): search again.
@@ -353,10 +478,11 @@ pub fn lanczos(op: &dyn LinearOperator, params: &LanczosParams) -> Result<Eigenp
                     x /= nx;
                     // The residual in the complement of the locked vectors: its coupling to them
                     // (as large as their own residuals) is removed by the final Rayleigh-Ritz.
-                    let ax = counted.apply(&x)?;
-                    let mut r_vec = &ax - &x * theta[i];
-                    orthogonalise(&mut r_vec, &locked);
-                    let r = norm(&r_vec);
+                    let ax = counted.apply(x.view())?;
+                    r_vec.assign(&ax);
+                    r_vec.scaled_add(-theta[i], &x);
+                    orthogonalise(r_vec.view_mut(), &[locked.view()]);
+                    let r = norm(r_vec.view());
                     if r > LOCK * threshold(theta[i], scale) {
                         // The estimate was optimistic: search again.
                         break;
@@ -370,9 +496,9 @@ pub fn lanczos(op: &dyn LinearOperator, params: &LanczosParams) -> Result<Eigenp
                         if key(theta[i]) < key(locked_values[worst]) - margin {
                             // A missed copy: take it and drop the worst locked pair (which
                             // returns to the search space); check again.
-                            locked.push(x);
+                            locked.push_copy(x.view());
                             locked_values.push(theta[i]);
-                            locked_products.push(ax);
+                            locked_products.push_copy(ax.view());
                             locked.swap_remove(worst);
                             locked_values.swap_remove(worst);
                             locked_products.swap_remove(worst);
@@ -382,9 +508,9 @@ pub fn lanczos(op: &dyn LinearOperator, params: &LanczosParams) -> Result<Eigenp
                         verifying = false;
                         break 'runs;
                     }
-                    locked.push(x);
+                    locked.push_copy(x.view());
                     locked_values.push(theta[i]);
-                    locked_products.push(ax);
+                    locked_products.push_copy(ax.view());
                     newly += 1;
                 }
                 several_per_run |= newly > 1;
@@ -396,12 +522,12 @@ pub fn lanczos(op: &dyn LinearOperator, params: &LanczosParams) -> Result<Eigenp
                 if counted.applications >= params.max_applications {
                     if params.keep_unconverged && !verifying {
                         for &i in order.iter().take(need.min(j)) {
-                            let mut x = combine(y.column(i), &v);
-                            orthogonalise(&mut x, &locked);
-                            orthogonalise(&mut x, &unconverged);
-                            let nx = norm(&x);
+                            combine(y.column(i), &v, x.view_mut());
+                            orthogonalise(x.view_mut(), &[locked.view(), unconverged.view()]);
+                            let nx = norm(x.view());
                             if nx > 0.5 {
-                                unconverged.push(x / nx);
+                                x /= nx;
+                                unconverged.push_copy(x.view());
                             }
                         }
                     }
@@ -422,7 +548,12 @@ pub fn lanczos(op: &dyn LinearOperator, params: &LanczosParams) -> Result<Eigenp
             let need = if verifying { 1 } else { k - locked.len() };
             let keep = if newly > 0 { (j - newly).min(m_next - 1) } else { (need + (m - need) / 2).min(m - 1).max(1) };
             let kept: Vec<usize> = order.iter().skip(newly).take(keep).cloned().collect();
-            let mut new_v: Vec<Array1<f64>> = kept.iter().map(|&i| combine(y.column(i), &v)).collect();
+            // The kept Ritz vectors Y_kept^T V_j, one matrix product, into the spare storage.
+            let mut kept_rows = spare.reset(keep);
+            if keep > 0 {
+                let y_kept = Array2::from_shape_fn((j, keep), |(r, c)| y[[r, kept[c]]]);
+                general_mat_mul(1.0, &y_kept.t(), &v.first(j), 0.0, &mut kept_rows);
+            }
             m = m_next;
             let mut new_t = Array2::<f64>::zeros((m, m));
             for (a, &i) in kept.iter().enumerate() {
@@ -430,38 +561,39 @@ pub fn lanczos(op: &dyn LinearOperator, params: &LanczosParams) -> Result<Eigenp
                 new_t[[a, keep]] = beta * y[[j - 1, i]];
                 new_t[[keep, a]] = beta * y[[j - 1, i]];
             }
-            let next = if beta > 1e-12 * scale { f / beta } else { random_unit(d, &mut rng, &[&locked, &new_v]) };
-            new_v.push(next);
-            v = new_v;
+            let (kept_rows, mut next) = spare.push();
+            if beta > 1e-12 * scale {
+                next.assign(&f);
+                next /= beta;
+            } else {
+                random_unit(next, &mut rng, &[locked.view(), kept_rows.view()]);
+            }
+            std::mem::swap(&mut v, &mut spare);
             t = new_t;
             j = keep;
             restarts += 1;
         }
     }
-    // Final Rayleigh-Ritz on the span of the locked vectors Q, with the stored products A Q:
-    // removes the couplings between locked pairs. Only the unconverged vectors kept on request
-    // cost one more application each. Each residual below is ||A q - lambda q|| from operator
-    // outputs.
-    for x in unconverged {
-        let ax = counted.apply(&x)?;
-        locked.push(x);
-        locked_products.push(ax);
+    // Final Rayleigh-Ritz on the span of the locked vectors Q (rows), with the stored products
+    // A Q: removes the couplings between locked pairs. Only the unconverged vectors kept on
+    // request cost one more application each. Each residual below is ||A q - lambda q|| from
+    // operator outputs.
+    for u in 0..unconverged.len() {
+        let row = unconverged.row(u);
+        let ax = counted.apply(row)?;
+        locked.push_copy(row);
+        locked_products.push_copy(ax.view());
     }
     let p = locked.len();
-    let mut q = Array2::<f64>::zeros((d, p));
-    let mut aq = Array2::<f64>::zeros((d, p));
-    for (c, (x, ax)) in locked.iter().zip(&locked_products).enumerate() {
-        q.column_mut(c).assign(x);
-        aq.column_mut(c).assign(ax);
-    }
     let (values_all, vectors_all, residuals_all) = if p == 0 {
         (Array1::zeros(0), Array2::zeros((d, 0)), Vec::new())
     } else {
-        let g = q.t().dot(&aq);
+        let (q, aq) = (locked.view(), locked_products.view());
+        let g = q.dot(&aq.t());
         let (theta, y) = symmetric_eigen(&((&g + &g.t()) * 0.5))?;
-        let vectors = q.dot(&y);
-        let products = aq.dot(&y);
-        let residuals = (0..p).map(|i| norm(&(&products.column(i) - &(&vectors.column(i) * theta[i])))).collect();
+        let vectors = q.t().dot(&y);
+        let products = aq.t().dot(&y);
+        let residuals = (0..p).map(|i| norm((&products.column(i) - &(&vectors.column(i) * theta[i])).view())).collect();
         (theta, vectors, residuals)
     };
     // Ordered as requested (a verification run may have left more than k).
@@ -520,21 +652,23 @@ pub fn power_iteration(op: &dyn LinearOperator, params: &PowerParams) -> Result<
     }
     let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
     let mut counted = Counted { op, applications: 0 };
-    let mut found: Vec<Array1<f64>> = Vec::new();
+    // The pairs found so far: vectors (rows) and values.
+    let mut found = Rows::with_capacity(params.k, d);
     let mut values = Vec::new();
     let mut iterations = 0;
     let mut all_converged = true;
     for _ in 0..params.k {
-        let mut v = random_unit(d, &mut rng, &[&found]);
+        let mut v = Array1::<f64>::zeros(d);
+        random_unit(v.view_mut(), &mut rng, &[found.view()]);
         let mut lambda = 0.0;
         let mut converged = false;
         for it in 0..params.max_iterations {
-            orthogonalise(&mut v, &found);
-            v /= norm(&v);
-            let w = counted.apply(&v)?;
+            orthogonalise(v.view_mut(), &[found.view()]);
+            v /= norm(v.view());
+            let w = counted.apply(v.view())?;
             iterations += 1;
             let new = v.dot(&w);
-            let n = norm(&w);
+            let n = norm(w.view());
             if it > 0 && (new - lambda).abs() / (lambda.abs() + 1e-6) < params.tol {
                 lambda = new;
                 converged = true;
@@ -548,16 +682,17 @@ pub fn power_iteration(op: &dyn LinearOperator, params: &PowerParams) -> Result<
             v = w / n;
         }
         all_converged &= converged;
-        orthogonalise(&mut v, &found);
-        v /= norm(&v);
-        found.push(v);
+        orthogonalise(v.view_mut(), &[found.view()]);
+        v /= norm(v.view());
+        found.push_copy(v.view());
         values.push(lambda);
     }
     let mut vectors = Array2::<f64>::zeros((d, found.len()));
     let mut residuals = Vec::new();
-    for (col, (x, l)) in found.iter().zip(&values).enumerate() {
-        residuals.push(norm(&(counted.apply(x)? - x * *l)));
-        vectors.column_mut(col).assign(x);
+    for (col, l) in values.iter().enumerate() {
+        let x = found.row(col);
+        residuals.push(norm((counted.apply(x)? - &x * *l).view()));
+        vectors.column_mut(col).assign(&x);
     }
     Ok(Eigenpairs {
         values,
@@ -583,13 +718,78 @@ pub fn rayleigh_matrix(
     steps: usize,
     seed: u64,
 ) -> Result<(Array2<f64>, usize)> {
-    let m = steps.min(op.dim()).max(1);
+    let d = op.dim();
+    let m = steps.min(d).max(1);
     let mut counted = Counted { op, applications: 0 };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut v = vec![start.to_owned() / norm(&start.to_owned())];
+    let mut v = Rows::with_capacity(m, d);
+    let (_, mut first) = v.push();
+    first.assign(&start);
+    first /= norm(start);
+    let no_locked = Array2::<f64>::zeros((0, d));
     let mut t = Array2::<f64>::zeros((m, m));
     for j in 0..m {
-        lanczos_step(&mut counted, &mut v, &mut t, j, j + 1 < m, &[], &mut rng, 0.0)?;
+        lanczos_step(&mut counted, &mut v, &mut t, j, j + 1 < m, no_locked.view(), &mut rng, 0.0)?;
     }
     Ok((t, counted.applications))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray_linalg::QR;
+
+    /// `n` orthonormal rows of length `d`: the transposed Q factor of a seeded Gaussian matrix.
+    fn orthonormal_rows(d: usize, n: usize, seed: u64) -> Array2<f64> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let a = Array2::from_shape_fn((d, n), |_| StandardNormal.sample(&mut rng));
+        let (q, _) = a.qr().expect("QR of a Gaussian matrix");
+        q.t().as_standard_layout().into_owned()
+    }
+
+    /// Blocked classical Gram-Schmidt, twice, against a locked block and a basis block: the
+    /// result is orthogonal to both to 1e-14 relative, of the input's norm and of its own even
+    /// when all but 1e-12 of the input lay in the span (measured: about 1e-16 of its own), and
+    /// the coefficients returned are the basis block's projections of the input.
+    #[test]
+    fn blocked_gram_schmidt_leaves_w_orthogonal() {
+        let d = 3000;
+        let rows = orthonormal_rows(d, 25, 1);
+        let (locked, basis) = (rows.slice(s![..5, ..]), rows.slice(s![5.., ..]));
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        for outside in [1.0, 1e-3, 1e-8, 1e-12] {
+            let c: Array1<f64> = Array1::from_shape_fn(25, |_| StandardNormal.sample(&mut rng));
+            let noise: Array1<f64> = Array1::from_shape_fn(d, |_| StandardNormal.sample(&mut rng));
+            let w0 = rows.t().dot(&c) + noise * (outside / (d as f64).sqrt());
+            let mut w = w0.clone();
+            let h = orthogonalise(w.view_mut(), &[locked, basis]);
+            let (n0, n1) = (norm(w0.view()), norm(w.view()));
+            let left = rows.dot(&w).iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            assert!(left <= 1e-14 * n0, "outside {outside}: {left} vs input norm {n0}");
+            assert!(left <= 1e-14 * n1, "outside {outside}: {left} vs output norm {n1}");
+            let want = basis.dot(&w0);
+            let error = (&h - &want).iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            assert!(error <= 1e-13 * n0, "coefficients off by {error}");
+        }
+    }
+
+    /// `Rows` keeps its rows through growth and removes as `Vec::swap_remove` does.
+    #[test]
+    fn rows_grow_and_swap_remove_like_a_vec() {
+        let mut rows = Rows::with_capacity(1, 3);
+        let mut reference: Vec<Array1<f64>> = Vec::new();
+        for i in 0..5 {
+            let x = Array1::from_elem(3, i as f64);
+            rows.push_copy(x.view());
+            reference.push(x);
+        }
+        for i in [1, 3, 2] {
+            rows.swap_remove(i);
+            reference.swap_remove(i);
+        }
+        assert_eq!(rows.len(), reference.len());
+        for (i, x) in reference.iter().enumerate() {
+            assert_eq!(rows.row(i), x.view());
+        }
+    }
 }
