@@ -172,6 +172,9 @@ pub enum Legend {
     LowerRight,
     /// Right edge, half-way up.
     MiddleRight,
+    /// Below the chart, outside the plotting area (one line per labelled series): for charts
+    /// whose data may fill every corner.
+    Below,
 }
 
 /// One chart.
@@ -231,7 +234,51 @@ fn categories(scale: Scale) -> Option<usize> {
     }
 }
 
+/// Height in pixels of one line of a legend drawn below the chart.
+const LEGEND_LINE: u32 = 18;
+
+/// Draws the legend of `panel` as lines of text under the chart, starting at pixel column `left`.
+fn draw_legend_below<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &Panel,
+    left: i32,
+) -> std::result::Result<(), String> {
+    let labelled = panel.series.iter().filter(|s| !s.label.is_empty());
+    for (i, s) in labelled.enumerate() {
+        let y = 8 + (i as u32 * LEGEND_LINE) as i32 + LEGEND_LINE as i32 / 2;
+        let color = PALETTE[s.color % PALETTE.len()];
+        let marker = match s.mark {
+            Mark::Note => None,
+            Mark::ErrorBar => Some(vec![(left + 9, y - 6), (left + 9, y + 6)]),
+            _ => Some(vec![(left, y), (left + 18, y)]),
+        };
+        if let Some(points) = marker {
+            area.draw(&PathElement::new(points, color.stroke_width(2))).map_err(|e| format!("{e:?}"))?;
+        }
+        area.draw(&Text::new(s.label.clone(), (left + 26, y - 7), ("sans-serif", 13).into_font()))
+            .map_err(|e| format!("{e:?}"))?;
+    }
+    Ok(())
+}
+
 fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) -> std::result::Result<(), String> {
+    let lines = panel.series.iter().filter(|s| !s.label.is_empty()).count() as u32;
+    if panel.legend == Legend::Below && lines > 0 {
+        let height = area.dim_in_pixel().1;
+        let legend_height = (lines * LEGEND_LINE + 16).min(height / 2);
+        let (chart_area, legend_area) = area.split_vertically(height - legend_height);
+        let y_label_area = draw_chart(&chart_area, panel)?;
+        return draw_legend_below(&legend_area, panel, CHART_MARGIN as i32 + y_label_area as i32);
+    }
+    draw_chart(area, panel).map(|_| ())
+}
+
+/// Margin around a chart, in pixels.
+const CHART_MARGIN: u32 = 12;
+
+/// Draws the chart of `panel` (and its legend, unless [`Legend::Below`]); returns the width of
+/// the y-label area in pixels.
+fn draw_chart<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) -> std::result::Result<u32, String> {
     let (xs, ys) = (panel.x_scale, panel.y_scale);
     // A categorical y axis runs top-down: category i is drawn at n - 1 - i.
     let y_flip = categories(ys).map(|n| n as f64 - 1.0);
@@ -261,11 +308,12 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
         Scale::Categories(names) => names.iter().map(|n| n.chars().count()).max().unwrap_or(0),
         _ => 0,
     };
+    let y_label_area = 70.max(15 * longest(ys) as u32 / 2 + 45);
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, ("sans-serif", 20))
-        .margin(12)
+        .margin(CHART_MARGIN)
         .x_label_area_size(45)
-        .y_label_area_size(70.max(15 * longest(ys) as u32 / 2 + 45))
+        .y_label_area_size(y_label_area)
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(|e| format!("{e:?}"))?;
     let x_fmt = move |v: &f64| xs.label(*v);
@@ -328,24 +376,24 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| format!("{e:?}"))?;
         }
     }
-    if panel.series.iter().all(|s| s.label.is_empty()) {
-        return Ok(());
-    }
+    let position = match panel.legend {
+        _ if panel.series.iter().all(|s| s.label.is_empty()) => return Ok(y_label_area),
+        Legend::Below => return Ok(y_label_area),
+        Legend::UpperRight => SeriesLabelPosition::UpperRight,
+        Legend::UpperLeft => SeriesLabelPosition::UpperLeft,
+        Legend::LowerLeft => SeriesLabelPosition::LowerLeft,
+        Legend::LowerRight => SeriesLabelPosition::LowerRight,
+        Legend::MiddleRight => SeriesLabelPosition::MiddleRight,
+    };
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))
         .label_font(("sans-serif", 13))
-        .position(match panel.legend {
-            Legend::UpperRight => SeriesLabelPosition::UpperRight,
-            Legend::UpperLeft => SeriesLabelPosition::UpperLeft,
-            Legend::LowerLeft => SeriesLabelPosition::LowerLeft,
-            Legend::LowerRight => SeriesLabelPosition::LowerRight,
-            Legend::MiddleRight => SeriesLabelPosition::MiddleRight,
-        })
+        .position(position)
         .draw()
         .map_err(|e| format!("{e:?}"))?;
-    Ok(())
+    Ok(y_label_area)
 }
 
 fn draw_figure<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> std::result::Result<(), String> {

@@ -61,13 +61,9 @@ pub const PAPER_ROWS: [PaperRow; 16] = [
     row("fb6-in-practice-fixed40", "fb6-in-practice-fixed40  (paper number not checked)", true, None),
 ];
 
-/// Blank rows below the last category of each panel: room for the legend.
-const LEGEND_ROWS: usize = 6;
-
-/// The first panel's categories: the labels of [`PAPER_ROWS`], in order, then
-/// [`LEGEND_ROWS`] blank rows that hold the legend.
-static PAPER_AXIS: [&str; PAPER_ROWS.len() + LEGEND_ROWS] = {
-    let mut labels = [""; PAPER_ROWS.len() + LEGEND_ROWS];
+/// The first panel's categories: the labels of [`PAPER_ROWS`], in order.
+static PAPER_AXIS: [&str; PAPER_ROWS.len()] = {
+    let mut labels = [""; PAPER_ROWS.len()];
     let mut i = 0;
     while i < PAPER_ROWS.len() {
         labels[i] = PAPER_ROWS[i].label;
@@ -92,17 +88,8 @@ pub const OTHER_CONFIGS: [&str; 10] = [
     "other configuration",
 ];
 
-/// The second panel's categories: [`OTHER_CONFIGS`] and blank rows for the legend (half as many:
-/// its legend has no notes).
-static OTHER_AXIS: [&str; OTHER_CONFIGS.len() + LEGEND_ROWS / 2] = {
-    let mut labels = [""; OTHER_CONFIGS.len() + LEGEND_ROWS / 2];
-    let mut i = 0;
-    while i < OTHER_CONFIGS.len() {
-        labels[i] = OTHER_CONFIGS[i];
-        i += 1;
-    }
-    labels
-};
+/// The second panel's categories: [`OTHER_CONFIGS`].
+static OTHER_AXIS: [&str; OTHER_CONFIGS.len()] = OTHER_CONFIGS;
 
 /// What the figure (and the reproduction report) needs from one run directory.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -300,7 +287,7 @@ pub fn cifar_results_figure(runs: &[CifarRun]) -> Figure {
         x_scale: Scale::Linear,
         y_scale: Scale::Categories(&PAPER_AXIS),
         series: main,
-        legend: Legend::LowerLeft,
+        legend: Legend::Below,
     }];
     if !other.is_empty() {
         let last = OTHER_CONFIGS.len() - 1;
@@ -324,7 +311,7 @@ pub fn cifar_results_figure(runs: &[CifarRun]) -> Figure {
             x_scale: Scale::Linear,
             y_scale: Scale::Categories(&OTHER_AXIS),
             series,
-            legend: Legend::LowerLeft,
+            legend: Legend::Below,
         });
     }
     Figure {
