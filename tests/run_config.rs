@@ -37,8 +37,9 @@ fn shipped_configs_are_valid() {
     assert!(n >= 21, "only {n} configs in {}", dir.display());
 }
 
-/// Each `-noaug` twin is its row with augmentation off and nothing else changed; the fixed-copy
-/// rows are `fb6-in-practice` with a fixed augmented set of 10 and 40 copies.
+/// Each `-noaug` twin is its row with augmentation off and nothing else changed; the
+/// `fb6-in-practice-fixed*` rows (this project's variant, no official command) are
+/// `fb6-in-practice` with a fixed augmented set of 10 and 40 copies.
 #[test]
 fn row_variants_differ_only_where_named() {
     for row in ["sgd", "fb1-naive", "fb2-longer", "fb3-clip", "fb4-reg", "fb5-strong-reg", "fb6-in-practice"] {
@@ -56,6 +57,38 @@ fn row_variants_differ_only_where_named() {
         fixed.name = base.name.clone();
         fixed.augmentation.fixed_copies = base.augmentation.fixed_copies;
         assert_eq!(fixed, base, "fixed{copies}");
+    }
+}
+
+/// The fixed-data-set rows of the official code (JonasGeiping/fullbatchtraining, train.sh lines
+/// 29-33 and 36 at the publication commit 8b654c5, train_distributed_multinode.sh lines 32-36 and
+/// 41-45 at 5a772a2): FB1 .. FB strong reg on 10 and 40 augmented copies drawn once. Each is its
+/// augmented row with `fixed_copies` set and only the checkpoint interval changed, and its header
+/// names the official command it follows.
+#[test]
+fn official_fixed_copy_rows_are_their_rows_on_fixed_copies() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("experiments/cifar10");
+    for row in ["fb1-naive", "fb2-longer", "fb3-clip", "fb4-reg", "fb5-strong-reg"] {
+        let base = shipped(&format!("{row}.toml"));
+        assert_eq!(base.augmentation.fixed_copies, None, "{row}");
+        for copies in [10, 40] {
+            let file = format!("{row}-fixed{copies}.toml");
+            let mut fixed = shipped(&file);
+            assert_eq!(fixed.augmentation.fixed_copies, Some(copies), "{file}");
+            assert!(fixed.augmentation.enabled, "{file}");
+            assert_eq!(fixed.total_steps(), base.total_steps(), "{file}");
+            fixed.name = base.name.clone();
+            fixed.augmentation.fixed_copies = None;
+            fixed.checkpoint_every = base.checkpoint_every;
+            assert_eq!(fixed, base, "{file}");
+            let text = std::fs::read_to_string(dir.join(&file)).unwrap();
+            assert!(
+                text.contains("JonasGeiping/fullbatchtraining")
+                    && text.contains(".sh line ")
+                    && text.contains(&format!("data.db.rounds={copies}")),
+                "{file} does not cite its official command"
+            );
+        }
     }
 }
 

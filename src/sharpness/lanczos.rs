@@ -10,6 +10,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
 
 use super::LinearOperator;
+use super::intervals::{EigenvalueInterval, eigenvalue_intervals};
 use crate::{Error, Result};
 
 /// Which end of the spectrum to compute.
@@ -92,6 +93,10 @@ pub struct LanczosParams {
     /// pair. Off by default: then only pairs that met the tolerance are returned.
     #[serde(skip)]
     pub keep_unconverged: bool,
+    /// A bound $\eta \ge 0$ on $\|\tilde A - A\|$, the error of the operator applied (e.g. a
+    /// finite-difference Hessian) against the exact one; added to every eigenvalue interval
+    /// ([`Eigenpairs::intervals`]). 0 for an exact operator.
+    pub operator_error: f64,
 }
 
 impl Default for LanczosParams {
@@ -107,6 +112,7 @@ impl Default for LanczosParams {
             verify_multiplicity: true,
             start: None,
             keep_unconverged: false,
+            operator_error: 0.0,
         }
     }
 }
@@ -129,6 +135,10 @@ pub struct Eigenpairs {
     pub operator_applications: usize,
     /// Whether every residual met the tolerance.
     pub converged: bool,
+    /// For each value, the enclosures of an eigenvalue of the exact operator near it: the
+    /// residual bound (certified) and, where the gap estimate allows, Kato-Temple's
+    /// ([`eigenvalue_intervals`](super::intervals::eigenvalue_intervals)).
+    pub intervals: Vec<EigenvalueInterval>,
 }
 
 /// Pairs are locked at this fraction of their tolerance: the final Rayleigh-Ritz step mixes the
@@ -608,6 +618,7 @@ pub fn lanczos(op: &dyn LinearOperator, params: &LanczosParams) -> Result<Eigenp
     let residuals: Vec<f64> = idx.iter().map(|&i| residuals_all[i]).collect();
     let converged =
         values.len() == k && !verifying && values.iter().zip(&residuals).all(|(l, r)| *r <= threshold(*l, scale));
+    let intervals = eigenvalue_intervals(&values, &residuals, params.operator_error, params.which);
     Ok(Eigenpairs {
         values,
         vectors,
@@ -616,6 +627,7 @@ pub fn lanczos(op: &dyn LinearOperator, params: &LanczosParams) -> Result<Eigenp
         restarts,
         operator_applications: counted.applications,
         converged,
+        intervals,
     })
 }
 
@@ -631,11 +643,13 @@ pub struct PowerParams {
     pub max_iterations: usize,
     /// Seed.
     pub seed: u64,
+    /// A bound on the operator's error, as [`LanczosParams::operator_error`].
+    pub operator_error: f64,
 }
 
 impl Default for PowerParams {
     fn default() -> Self {
-        PowerParams { k: 1, tol: 1e-3, max_iterations: 100, seed: 0 }
+        PowerParams { k: 1, tol: 1e-3, max_iterations: 100, seed: 0, operator_error: 0.0 }
     }
 }
 
@@ -694,6 +708,12 @@ pub fn power_iteration(op: &dyn LinearOperator, params: &PowerParams) -> Result<
         residuals.push(norm((counted.apply(x)? - &x * *l).view()));
         vectors.column_mut(col).assign(&x);
     }
+    // The residual bound holds for any value; Kato-Temple needs the Rayleigh quotient of the
+    // returned vector, which the last power step's value is not: no Kato-Temple here.
+    let intervals = eigenvalue_intervals(&values, &residuals, params.operator_error, Which::LargestMagnitude)
+        .into_iter()
+        .map(|i| EigenvalueInterval { kato_temple: None, gap: None, ..i })
+        .collect();
     Ok(Eigenpairs {
         values,
         vectors,
@@ -702,6 +722,7 @@ pub fn power_iteration(op: &dyn LinearOperator, params: &PowerParams) -> Result<
         restarts: params.k,
         operator_applications: counted.applications,
         converged: all_converged,
+        intervals,
     })
 }
 

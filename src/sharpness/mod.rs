@@ -13,8 +13,10 @@
 //! serve toy models and, later, networks whose only oracle is a gradient.
 
 mod lanczos;
+pub mod intervals;
 pub mod trace;
 
+pub use intervals::{EigenvalueInterval, eigenvalue_intervals};
 pub use lanczos::{Eigenpairs, LanczosParams, PowerParams, Which, lanczos, power_iteration};
 
 use ndarray::{Array1, Array2, ArrayView1};
