@@ -87,7 +87,8 @@ fn main() -> Result<()> {
         // Equal accuracy, both ways: power iteration run until its change is below 1e-12 (up to
         // 3,000 iterations per pair), and Lanczos asked only for PyHessian's 1e-3.
         let t = Instant::now();
-        let pw_tight = power_iteration(&op, &PowerParams { k, tol: 1e-12, max_iterations: 3000, seed, ..PowerParams::default() })?;
+        let pw_tight =
+            power_iteration(&op, &PowerParams { k, tol: 1e-12, max_iterations: 3000, seed, ..PowerParams::default() })?;
         let pw_tight_seconds = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let lz_loose = lanczos(&op, &LanczosParams { k, tol: 1e-3, seed, ..LanczosParams::default() })?;

@@ -64,12 +64,14 @@ pub fn eigenvalue_intervals(
             let others = || values.iter().zip(&eps).enumerate().filter(move |(j, _)| *j != i).map(|(_, p)| p);
             // Enclosures of the other pairs below and above theta (a pair with the same value
             // counts on both sides: no gap).
-            let below = others().filter(|(v, _)| **v <= theta).map(|(v, e)| v + e).fold(None, |m: Option<f64>, x| {
-                Some(m.map_or(x, |m| m.max(x)))
-            });
-            let above = others().filter(|(v, _)| **v >= theta).map(|(v, e)| v - e).fold(None, |m: Option<f64>, x| {
-                Some(m.map_or(x, |m| m.min(x)))
-            });
+            let below = others()
+                .filter(|(v, _)| **v <= theta)
+                .map(|(v, e)| v + e)
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+            let above = others()
+                .filter(|(v, _)| **v >= theta)
+                .map(|(v, e)| v - e)
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))));
             let alpha = below.or((which == Which::Smallest && theta == bottom).then_some(f64::NEG_INFINITY));
             let beta = above.or((which == Which::Largest && theta == top).then_some(f64::INFINITY));
             let gap = alpha.zip(beta);
@@ -129,8 +131,11 @@ mod tests {
         // The solver sees A + E with ||E|| = eta (a symmetric perturbation of known norm).
         let eta = 1e-3;
         let e_mat = matrix(&[eta, -eta, 0.0, 0.0, 0.0, 0.0, 0.0, eta / 2.0], 8);
-        let e = lanczos(&DenseOperator(&a + &e_mat), &LanczosParams { k: 1, tol: 1e-12, seed: 2, ..LanczosParams::default() })
-            .expect("converges");
+        let e = lanczos(
+            &DenseOperator(&a + &e_mat),
+            &LanczosParams { k: 1, tol: 1e-12, seed: 2, ..LanczosParams::default() },
+        )
+        .expect("converges");
         // Without the operator error the interval is about the perturbed matrix and misses 5.
         let without = eigenvalue_intervals(&e.values, &e.residuals, 0.0, Which::Largest)[0];
         assert!(!(without.lower <= 5.0 && 5.0 <= without.upper), "{without:?}");

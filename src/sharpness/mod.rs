@@ -12,8 +12,8 @@
 //! [`FiniteDifferenceHessian`] (central differences of any gradient oracle), so the same solvers
 //! serve toy models and, later, networks whose only oracle is a gradient.
 
-mod lanczos;
 pub mod intervals;
+mod lanczos;
 pub mod trace;
 
 pub use intervals::{EigenvalueInterval, eigenvalue_intervals};
