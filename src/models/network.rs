@@ -529,11 +529,21 @@ impl Network {
         let theta = self.contiguous(theta);
         let theta = theta.as_slice().expect("standard layout");
         let fwd = self.forward(theta, x, Some(y));
-        let loss = self.output_loss(&fwd, y);
-        let delta = self.output_delta(&fwd, y);
-        let grad = self.backward(theta, x, &fwd, delta);
+        let (loss, grad) = self.loss_and_gradient_after_forward(theta, x, y, &fwd);
         self.recycle(fwd);
         (loss, grad)
+    }
+
+    /// The loss and the backward pass, given the forward pass at `theta`.
+    fn loss_and_gradient_after_forward(
+        &self,
+        theta: &[f64],
+        x: ArrayView2<f64>,
+        y: ArrayView2<f64>,
+        fwd: &Forward,
+    ) -> (f64, Array1<f64>) {
+        let delta = self.output_delta(fwd, y);
+        (self.output_loss(fwd, y), self.backward(theta, x, fwd, delta))
     }
 
     /// The R-forward pass: $RA_l$ for every layer and $RZ_l$ for the hidden ones.
@@ -595,9 +605,7 @@ impl Network {
         let theta = self.contiguous(theta);
         let theta = theta.as_slice().expect("standard layout");
         let fwd = self.forward(theta, x, Some(y));
-        let loss = self.output_loss(&fwd, y);
-        let delta = self.output_delta(&fwd, y);
-        let grad = self.backward(theta, x, &fwd, delta);
+        let (loss, grad) = self.loss_and_gradient_after_forward(theta, x, y, &fwd);
         let hg = self.hvp_after_forward(theta, grad.as_slice().expect("standard layout"), x, y, &fwd);
         self.recycle(fwd);
         (loss, grad, hg)

@@ -1,15 +1,14 @@
-//! Thick-restart Lanczos with full reorthogonalisation and locking, and power iteration with
-//! deflation.
+//! Thick-restart Lanczos with full reorthogonalisation and locking.
 
 use ndarray::linalg::{general_mat_mul, general_mat_vec_mul};
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, s};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, s};
 use ndarray_linalg::{Eigh, UPLO};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
 
 use super::LinearOperator;
+use super::basis::{Counted, Rows, norm, orthogonalise, random_unit};
 use super::intervals::{EigenvalueInterval, eigenvalue_intervals};
 use crate::{Error, Result};
 
@@ -146,27 +145,6 @@ pub struct Eigenpairs {
 /// copies stay within the tolerance).
 const LOCK: f64 = 0.5;
 
-/// Counts applications and rejects non-finite results.
-struct Counted<'a> {
-    /// The operator.
-    op: &'a dyn LinearOperator,
-    /// Applications so far.
-    applications: usize,
-}
-
-impl Counted<'_> {
-    /// $Av$, counted; an error if any entry is not finite.
-    fn apply(&mut self, v: ArrayView1<f64>) -> Result<Array1<f64>> {
-        self.applications += 1;
-        let w = self.op.apply(v);
-        if w.iter().all(|x| x.is_finite()) {
-            Ok(w)
-        } else {
-            Err(Error::Diverged { step: self.applications, quantity: "operator application".into() })
-        }
-    }
-}
-
 /// Eigen-decomposition of a small symmetric matrix (LAPACK), handling the 1 x 1 case that
 /// ndarray-linalg rejects.
 pub(crate) fn symmetric_eigen(t: &Array2<f64>) -> Result<(Array1<f64>, Array2<f64>)> {
@@ -174,139 +152,6 @@ pub(crate) fn symmetric_eigen(t: &Array2<f64>) -> Result<(Array1<f64>, Array2<f6
         return Ok((Array1::from_elem(1, t[[0, 0]]), Array2::from_elem((1, 1), 1.0)));
     }
     Ok(t.eigh(UPLO::Lower)?)
-}
-
-/// The Euclidean norm.
-fn norm(x: ArrayView1<f64>) -> f64 {
-    x.dot(&x).sqrt()
-}
-
-/// Vectors of $\mathbb{R}^d$ stored as the rows of one row-major matrix, so that products with
-/// all of them at once are single BLAS calls (level 2 for one vector, level 3 for several): rows
-/// `0..len` are in use, the rest is spare capacity (grown by doubling when a push needs it).
-struct Rows {
-    /// Shape (capacity, d), row-major.
-    data: Array2<f64>,
-    /// Rows in use.
-    len: usize,
-}
-
-impl Rows {
-    /// No rows, with room for `capacity` vectors of length `d` (zero pages: untouched capacity
-    /// costs no memory traffic).
-    fn with_capacity(capacity: usize, d: usize) -> Self {
-        Rows { data: Array2::zeros((capacity, d)), len: 0 }
-    }
-
-    /// Number of rows in use.
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    /// The rows in use, as a `len x d` matrix.
-    fn view(&self) -> ArrayView2<'_, f64> {
-        self.first(self.len)
-    }
-
-    /// The first `n` rows in use, as an `n x d` matrix.
-    fn first(&self, n: usize) -> ArrayView2<'_, f64> {
-        assert!(n <= self.len, "{n} rows asked of {}", self.len);
-        self.data.slice(s![..n, ..])
-    }
-
-    /// Row `i` (in use).
-    fn row(&self, i: usize) -> ArrayView1<'_, f64> {
-        assert!(i < self.len, "row {i} of {}", self.len);
-        self.data.row(i)
-    }
-
-    /// Drops every row (the storage stays).
-    fn clear(&mut self) {
-        self.len = 0;
-    }
-
-    /// Makes `n` rows the rows in use, with unspecified contents (the caller fills them), and
-    /// returns them.
-    fn reset(&mut self, n: usize) -> ArrayViewMut2<'_, f64> {
-        if n > self.data.nrows() {
-            self.data = Array2::zeros((n, self.data.ncols()));
-        }
-        self.len = n;
-        self.data.slice_mut(s![..n, ..])
-    }
-
-    /// Appends a row whose contents are unspecified (the caller fills it) and returns the rows
-    /// before it and the new row.
-    fn push(&mut self) -> (ArrayViewMut2<'_, f64>, ArrayViewMut1<'_, f64>) {
-        if self.len == self.data.nrows() {
-            let mut grown = Array2::zeros(((2 * self.len).max(1), self.data.ncols()));
-            grown.slice_mut(s![..self.len, ..]).assign(&self.view());
-            self.data = grown;
-        }
-        let n = self.len;
-        self.len += 1;
-        let (before, after) = self.data.slice_mut(s![..n + 1, ..]).split_at(Axis(0), n);
-        (before, after.index_axis_move(Axis(0), 0))
-    }
-
-    /// Appends a copy of `x`.
-    fn push_copy(&mut self, x: ArrayView1<f64>) {
-        self.push().1.assign(&x);
-    }
-
-    /// Removes row `i`, moving the last row into its place (as [`Vec::swap_remove`]).
-    fn swap_remove(&mut self, i: usize) {
-        assert!(i < self.len, "row {i} of {}", self.len);
-        let last = self.len - 1;
-        if i != last {
-            let (mut target, source) = self.data.multi_slice_mut((s![i, ..], s![last, ..]));
-            target.assign(&source);
-        }
-        self.len = last;
-    }
-}
-
-/// One pass of blocked classical Gram-Schmidt against the rows of `block`: $h = Vw$, then
-/// $w \leftarrow w - V^\top h$ (two matrix-vector products); `h` receives the coefficients.
-fn project_out(w: &mut ArrayViewMut1<f64>, block: ArrayView2<f64>, h: &mut Array1<f64>) {
-    if block.nrows() == 0 {
-        return;
-    }
-    general_mat_vec_mul(1.0, &block, &*w, 0.0, h);
-    general_mat_vec_mul(-1.0, &block.t(), &*h, 1.0, w);
-}
-
-/// Removes from `w` its components along the rows of every block of `against` (each block
-/// orthonormal, and the blocks orthogonal to each other) by blocked classical Gram-Schmidt applied
-/// twice (DGKS: the second pass removes what rounding left after the first); each pass treats the
-/// blocks in order. Returns the coefficients removed along the rows of the last block, summed over
-/// both passes (empty without blocks).
-fn orthogonalise(mut w: ArrayViewMut1<f64>, against: &[ArrayView2<f64>]) -> Array1<f64> {
-    let mut scratch: Vec<Array1<f64>> = against.iter().map(|b| Array1::zeros(b.nrows())).collect();
-    let mut total = Array1::zeros(against.last().map_or(0, |b| b.nrows()));
-    for _ in 0..2 {
-        for (block, h) in against.iter().zip(&mut scratch) {
-            project_out(&mut w, *block, h);
-        }
-        if let Some(h) = scratch.last() {
-            total += h;
-        }
-    }
-    total
-}
-
-/// Fills `out` with a random unit vector (standard normal entries drawn in order from `rng`)
-/// orthogonal to the rows of the blocks of `against`.
-fn random_unit(mut out: ArrayViewMut1<f64>, rng: &mut ChaCha8Rng, against: &[ArrayView2<f64>]) {
-    loop {
-        out.iter_mut().for_each(|x| *x = StandardNormal.sample(rng));
-        orthogonalise(out.view_mut(), against);
-        let n = norm(out.view());
-        if n > 1e-8 {
-            out /= n;
-            return;
-        }
-    }
 }
 
 /// One Lanczos step with full reorthogonalisation: applies the operator to row `j` of `v`,
@@ -631,101 +476,6 @@ pub fn lanczos(op: &dyn LinearOperator, params: &LanczosParams) -> Result<Eigenp
     })
 }
 
-/// Parameters of [`power_iteration`], defaults as in PyHessian.
-#[derive(Debug, Clone, Serialize)]
-pub struct PowerParams {
-    /// Number of eigenpairs.
-    pub k: usize,
-    /// Stop when the eigenvalue estimate changes by less than `tol` relative
-    /// ($|\lambda_t - \lambda_{t-1}| / (|\lambda_{t-1}| + 10^{-6})$).
-    pub tol: f64,
-    /// Iterations per eigenpair at most.
-    pub max_iterations: usize,
-    /// Seed.
-    pub seed: u64,
-    /// A bound on the operator's error, as [`LanczosParams::operator_error`].
-    pub operator_error: f64,
-}
-
-impl Default for PowerParams {
-    fn default() -> Self {
-        PowerParams { k: 1, tol: 1e-3, max_iterations: 100, seed: 0, operator_error: 0.0 }
-    }
-}
-
-/// The `k` eigenvalues of largest magnitude by power iteration, deflating each found vector by
-/// orthogonalising the iterate against it (PyHessian's `eigenvalues`). `converged` means each
-/// pair met the change criterion, not a residual bound; the residuals are reported.
-///
-/// # Errors
-/// [`Error::InvalidParameter`] for `k` out of range; [`Error::Diverged`] for non-finite output.
-pub fn power_iteration(op: &dyn LinearOperator, params: &PowerParams) -> Result<Eigenpairs> {
-    let d = op.dim();
-    if params.k == 0 || params.k > d {
-        return Err(Error::invalid("k", format!("{} is not in 1..={d}", params.k)));
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
-    let mut counted = Counted { op, applications: 0 };
-    // The pairs found so far: vectors (rows) and values.
-    let mut found = Rows::with_capacity(params.k, d);
-    let mut values = Vec::new();
-    let mut iterations = 0;
-    let mut all_converged = true;
-    for _ in 0..params.k {
-        let mut v = Array1::<f64>::zeros(d);
-        random_unit(v.view_mut(), &mut rng, &[found.view()]);
-        let mut lambda = 0.0;
-        let mut converged = false;
-        for it in 0..params.max_iterations {
-            orthogonalise(v.view_mut(), &[found.view()]);
-            v /= norm(v.view());
-            let w = counted.apply(v.view())?;
-            iterations += 1;
-            let new = v.dot(&w);
-            let n = norm(w.view());
-            if it > 0 && (new - lambda).abs() / (lambda.abs() + 1e-6) < params.tol {
-                lambda = new;
-                converged = true;
-                break;
-            }
-            lambda = new;
-            if n == 0.0 {
-                converged = true;
-                break;
-            }
-            v = w / n;
-        }
-        all_converged &= converged;
-        orthogonalise(v.view_mut(), &[found.view()]);
-        v /= norm(v.view());
-        found.push_copy(v.view());
-        values.push(lambda);
-    }
-    let mut vectors = Array2::<f64>::zeros((d, found.len()));
-    let mut residuals = Vec::new();
-    for (col, l) in values.iter().enumerate() {
-        let x = found.row(col);
-        residuals.push(norm((counted.apply(x)? - &x * *l).view()));
-        vectors.column_mut(col).assign(&x);
-    }
-    // The residual bound holds for any value; Kato-Temple needs the Rayleigh quotient of the
-    // returned vector, which the last power step's value is not: no Kato-Temple here.
-    let intervals = eigenvalue_intervals(&values, &residuals, params.operator_error, Which::LargestMagnitude)
-        .into_iter()
-        .map(|i| EigenvalueInterval { kato_temple: None, gap: None, ..i })
-        .collect();
-    Ok(Eigenpairs {
-        values,
-        vectors,
-        residuals,
-        iterations,
-        restarts: params.k,
-        operator_applications: counted.applications,
-        converged: all_converged,
-        intervals,
-    })
-}
-
 /// The Lanczos tridiagonalisation from the unit vector `start` for `steps` steps (full
 /// reorthogonalisation): the Rayleigh-quotient matrix $T = V^\top A V$. Its eigenvalues and
 /// the squared first components of its eigenvectors are the nodes and weights of the Gauss
@@ -753,64 +503,4 @@ pub fn rayleigh_matrix(
         lanczos_step(&mut counted, &mut v, &mut t, j, j + 1 < m, no_locked.view(), &mut rng, 0.0)?;
     }
     Ok((t, counted.applications))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ndarray_linalg::QR;
-
-    /// `n` orthonormal rows of length `d`: the transposed Q factor of a seeded Gaussian matrix.
-    fn orthonormal_rows(d: usize, n: usize, seed: u64) -> Array2<f64> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let a = Array2::from_shape_fn((d, n), |_| StandardNormal.sample(&mut rng));
-        let (q, _) = a.qr().expect("QR of a Gaussian matrix");
-        q.t().as_standard_layout().into_owned()
-    }
-
-    /// Blocked classical Gram-Schmidt, twice, against a locked block and a basis block: the
-    /// result is orthogonal to both to 1e-14 relative, of the input's norm and of its own even
-    /// when all but 1e-12 of the input lay in the span (measured: about 1e-16 of its own), and
-    /// the coefficients returned are the basis block's projections of the input.
-    #[test]
-    fn blocked_gram_schmidt_leaves_w_orthogonal() {
-        let d = 3000;
-        let rows = orthonormal_rows(d, 25, 1);
-        let (locked, basis) = (rows.slice(s![..5, ..]), rows.slice(s![5.., ..]));
-        let mut rng = ChaCha8Rng::seed_from_u64(2);
-        for outside in [1.0, 1e-3, 1e-8, 1e-12] {
-            let c: Array1<f64> = Array1::from_shape_fn(25, |_| StandardNormal.sample(&mut rng));
-            let noise: Array1<f64> = Array1::from_shape_fn(d, |_| StandardNormal.sample(&mut rng));
-            let w0 = rows.t().dot(&c) + noise * (outside / (d as f64).sqrt());
-            let mut w = w0.clone();
-            let h = orthogonalise(w.view_mut(), &[locked, basis]);
-            let (n0, n1) = (norm(w0.view()), norm(w.view()));
-            let left = rows.dot(&w).iter().fold(0.0f64, |m, x| m.max(x.abs()));
-            assert!(left <= 1e-14 * n0, "outside {outside}: {left} vs input norm {n0}");
-            assert!(left <= 1e-14 * n1, "outside {outside}: {left} vs output norm {n1}");
-            let want = basis.dot(&w0);
-            let error = (&h - &want).iter().fold(0.0f64, |m, x| m.max(x.abs()));
-            assert!(error <= 1e-13 * n0, "coefficients off by {error}");
-        }
-    }
-
-    /// `Rows` keeps its rows through growth and removes as `Vec::swap_remove` does.
-    #[test]
-    fn rows_grow_and_swap_remove_like_a_vec() {
-        let mut rows = Rows::with_capacity(1, 3);
-        let mut reference: Vec<Array1<f64>> = Vec::new();
-        for i in 0..5 {
-            let x = Array1::from_elem(3, i as f64);
-            rows.push_copy(x.view());
-            reference.push(x);
-        }
-        for i in [1, 3, 2] {
-            rows.swap_remove(i);
-            reference.swap_remove(i);
-        }
-        assert_eq!(rows.len(), reference.len());
-        for (i, x) in reference.iter().enumerate() {
-            assert_eq!(rows.row(i), x.view());
-        }
-    }
 }

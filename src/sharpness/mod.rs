@@ -12,12 +12,15 @@
 //! [`FiniteDifferenceHessian`] (central differences of any gradient oracle), so the same solvers
 //! serve toy models and, later, networks whose only oracle is a gradient.
 
+mod basis;
 pub mod intervals;
 mod lanczos;
+mod power;
 pub mod trace;
 
 pub use intervals::{EigenvalueInterval, eigenvalue_intervals};
-pub use lanczos::{Eigenpairs, LanczosParams, PowerParams, Which, lanczos, power_iteration};
+pub use lanczos::{Eigenpairs, LanczosParams, Which, lanczos};
+pub use power::{PowerParams, power_iteration};
 
 use ndarray::{Array1, Array2, ArrayView1};
 
