@@ -30,6 +30,46 @@ pub enum Momentum {
     Nesterov(f64),
 }
 
+impl Momentum {
+    /// The largest stable $s = h(\lambda + w)$ on a quadratic direction of curvature
+    /// $\lambda$ with coupled weight decay $w$ (which adds to the gradient $w\theta$, so to the
+    /// curvature): GD $2$, heavy ball $2 + 2\beta$, Nesterov in PyTorch's form
+    /// $(2 + 2\beta)/(1 + 2\beta)$. Beyond it one eigenvalue of the step's linear map
+    /// ([`Momentum::step_spectral_radius`]) leaves the unit disc at $-1$; docs/theory.md derives
+    /// it. The edge-of-stability line is therefore $\lambda_{\max} = \text{limit}/h - w$, not
+    /// $2/h$, for momentum.
+    pub fn stability_limit(self) -> f64 {
+        match self {
+            Momentum::None => 2.0,
+            Momentum::HeavyBall(b) => 2.0 + 2.0 * b,
+            Momentum::Nesterov(b) => (2.0 + 2.0 * b) / (1.0 + 2.0 * b),
+        }
+    }
+
+    /// The spectral radius of one step's linear map on a quadratic direction with
+    /// $s = h(\lambda + w)$, acting on $(\theta, c)$ with $c = hb$ the scaled buffer:
+    /// GD $\theta' = (1 - s)\theta$; heavy ball $c' = \beta c + s\theta$,
+    /// $\theta' = \theta - c'$; Nesterov $c' = \beta c + s\theta$,
+    /// $\theta' = \theta - s\theta - \beta c'$.
+    pub fn step_spectral_radius(self, s: f64) -> f64 {
+        // The 2 x 2 map [[a, b], [c, d]] by its trace and determinant.
+        let (trace, det) = match self {
+            Momentum::None => return (1.0 - s).abs(),
+            // [[1 - s, -beta], [s, beta]]
+            Momentum::HeavyBall(beta) => (1.0 - s + beta, beta),
+            // [[1 - s (1 + beta), -beta^2], [s, beta]]
+            Momentum::Nesterov(beta) => (1.0 - s * (1.0 + beta) + beta, beta * (1.0 - s)),
+        };
+        let disc = trace * trace - 4.0 * det;
+        if disc >= 0.0 {
+            let r = disc.sqrt();
+            ((trace + r) / 2.0).abs().max(((trace - r) / 2.0).abs())
+        } else {
+            det.sqrt()
+        }
+    }
+}
+
 /// The state of the momentum update: PyTorch's `momentum_buffer`.
 #[derive(Debug, Clone)]
 pub struct MomentumStep {
