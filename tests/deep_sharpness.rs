@@ -365,8 +365,13 @@ fn train_logs_lambda_max_and_resumes_bit_for_bit() {
             let hvps = e["lambda_hvps"].as_u64().unwrap();
             println!("step {step}: lambda_max {lam:.4}, residual {res:.2e}, {hvps} HVPs");
             assert!(lam.is_finite() && lam > 0.0 && res.is_finite() && (1..=30).contains(&hvps));
+            // Against the optimizer's own edge: (lambda + wd) lr / limit, from the logged lr.
+            let expected = config.optimizer.fraction_of_stability_edge(lam, e["lr"].as_f64().unwrap());
+            let got = e["lambda_edge_fraction"].as_f64().unwrap();
+            assert!((got - expected).abs() <= 1e-12 * expected, "step {step}: {got} vs {expected}");
         } else {
             assert!(e["lambda_max"].is_null() && e["lambda_hvps"].is_null(), "step {step}: {e}");
+            assert!(e.get("lambda_edge_fraction").is_none(), "step {step}: {e}");
         }
     }
     assert!(full.join("checkpoints/step-000006/sharpness_start.bin").is_file());

@@ -130,7 +130,7 @@ pub struct RunConfig {
 /// `[sharpness]`: measure $\lambda_{\max}$ of the Hessian of the training loss every `every`
 /// steps (epochs in SGD mode) with `deep::sharpness::network_lambda_max`, on the first
 /// `max_images` un-augmented training images in blocks of the run's block size (`batch_size` in
-/// SGD mode); results go to the log (`lambda_max`, `lambda_residual`, `lambda_hvps`,
+/// SGD mode); results go to the log (`lambda_max`, `lambda_residual`, `lambda_hvps`, `lambda_edge_fraction`,
 /// `lambda_s`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -334,6 +334,25 @@ pub struct OptimizerConfig {
     pub warmup: usize,
     /// Cosine period after the warmup (steps; epochs in SGD mode).
     pub t_max: usize,
+}
+
+impl OptimizerConfig {
+    /// The momentum variant in the theory module's terms.
+    pub fn momentum_kind(&self) -> crate::optim::Momentum {
+        use crate::optim::Momentum;
+        match (self.nesterov, self.momentum) {
+            (true, b) => Momentum::Nesterov(b),
+            (false, b) if b > 0.0 => Momentum::HeavyBall(b),
+            _ => Momentum::None,
+        }
+    }
+
+    /// $(\lambda + w)\,\eta / \text{limit}$: a curvature $\lambda$ at learning rate $\eta$
+    /// against this optimizer's stability edge (`Momentum::stability_limit`, with the coupled
+    /// weight decay $w$ added to the curvature); 1 is the edge.
+    pub fn fraction_of_stability_edge(&self, lambda: f64, lr: f64) -> f64 {
+        (lambda + self.weight_decay) * lr / self.momentum_kind().stability_limit()
+    }
 }
 
 impl RunConfig {
@@ -629,5 +648,21 @@ fn check_clip(field: &str, clip: Option<f64>) -> Result<()> {
     match clip {
         Some(c) if !(c.is_finite() && c > 0.0) => Err(Error::invalid(field, format!("{c} is not positive and finite"))),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_paper_optimizer_edge_is_not_two_over_lr() {
+        let o = OptimizerConfig { lr: 0.4, momentum: 0.9, nesterov: true, weight_decay: 5e-4, warmup: 0, t_max: 1 };
+        // Nesterov 0.9: limit 3.8 / 2.8; at lambda + wd = limit / lr the fraction is 1.
+        let lambda = 3.8 / 2.8 / 0.4 - 5e-4;
+        assert!((o.fraction_of_stability_edge(lambda, 0.4) - 1.0).abs() < 1e-12);
+        // Plain SGD: the classical 2 / lr.
+        let plain = OptimizerConfig { momentum: 0.0, nesterov: false, weight_decay: 0.0, ..o };
+        assert!((plain.fraction_of_stability_edge(2.0 / 0.4, 0.4) - 1.0).abs() < 1e-12);
     }
 }

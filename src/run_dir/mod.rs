@@ -168,6 +168,11 @@ pub struct LogEntry {
     pub lambda_hvps: Option<usize>,
     /// Seconds of the measurement (not in `step_s`).
     pub lambda_s: Option<f64>,
+    /// $(\lambda_{\max} + w)\,\eta_t / \text{limit}$: the sharpness against the optimizer's
+    /// stability edge (`OptimizerConfig::fraction_of_stability_edge`; 1 is the edge, which is
+    /// $1.357/\eta$ for Nesterov at 0.9, not $2/\eta$), at sharpness steps, with this step's lr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda_edge_fraction: Option<f64>,
 }
 
 /// The fields of [`LogEntry`] that depend on time, not on the computation.

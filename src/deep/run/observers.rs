@@ -242,6 +242,8 @@ pub(super) struct SharpnessMeasurement<'r, B: AutodiffBackend> {
     pub(super) setup: Option<(crate::run_dir::config::SharpnessConfig, Batch<B>)>,
     pub(super) seed: u64,
     pub(super) block_size: usize,
+    /// For the sharpness against the optimizer's stability edge.
+    pub(super) optimizer: crate::run_dir::config::OptimizerConfig,
     pub(super) total: usize,
     pub(super) reporter: &'r Reporter<'r>,
 }
@@ -261,7 +263,14 @@ impl<'r, B: AutodiffBackend> SharpnessMeasurement<'r, B> {
             }
             None => None,
         };
-        Ok(SharpnessMeasurement { setup, seed: config.seed, block_size: config.block_size(), total, reporter })
+        Ok(SharpnessMeasurement {
+            setup,
+            seed: config.seed,
+            block_size: config.block_size(),
+            optimizer: config.optimizer.clone(),
+            total,
+            reporter,
+        })
     }
 }
 
@@ -284,9 +293,11 @@ impl<B: AutodiffBackend, O: Optimizer<ResNet<B>, B>> Observer<ResNetStepper<'_, 
         let r = network_lambda_max(model, data, &params).map_err(|e| at_step(e, done - 1))?;
         (entry.lambda_max, entry.lambda_residual, entry.lambda_hvps, entry.lambda_s) =
             (Some(r.lambda_max), Some(r.residual), Some(r.hvps), Some(r.wall_s));
+        let edge = self.optimizer.fraction_of_stability_edge(r.lambda_max, entry.lr);
+        entry.lambda_edge_fraction = Some(edge);
         s.sharpness_start = Some(r.vector.iter().map(|&x| x as f32).collect());
         self.reporter.line(format!(
-            "step {done}: lambda_max {:.4} (residual {:.2e}, {} HVPs, {:.1} s{})",
+            "step {done}: lambda_max {:.4} = {edge:.3} of the stability edge (residual {:.2e}, {} HVPs, {:.1} s{})",
             r.lambda_max,
             r.residual,
             r.hvps,
