@@ -5,6 +5,7 @@
 //! [`FiniteSum`](crate::objective::FiniteSum).
 
 mod activation;
+mod buffer_pool;
 mod network;
 mod quadratic;
 

@@ -26,15 +26,15 @@
 //! $R\Delta_{l-1} = \sigma''(A_{l-1})\odot RA_{l-1}\odot(\Delta_l W_l) + \sigma'(A_{l-1})\odot(\Delta_l V_l + R\Delta_l W_l)$.
 
 use ndarray::linalg::general_mat_mul;
-use std::sync::Mutex;
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, CowArray, Ix1, ShapeBuilder, Zip, s};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, CowArray, Ix1, Zip, s};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use super::activation::{Activation, PARALLEL_MIN, sigmoid, softplus};
+use super::buffer_pool::BufferPool;
 use crate::data::{Dataset, Targets};
 use crate::objective::{FiniteSum, Objective};
 use crate::{Error, Result};
@@ -44,46 +44,6 @@ macro_rules! zip_for_each {
     ($len:expr, $zip:expr, $f:expr) => {
         if $len >= PARALLEL_MIN { $zip.par_for_each($f) } else { $zip.for_each($f) }
     };
-}
-
-/// Spare buffers reused across calls. Large temporaries freed by one call would otherwise go
-/// back to the operating system and be faulted in again by the next (glibc returns blocks
-/// above its mmap threshold): measured at 25k page faults and ~60 ms per gradient of a
-/// 784-256-10 MLP on 10,000 examples (docs/performance.md).
-#[derive(Debug, Default)]
-struct BufferPool(Mutex<Vec<Vec<f64>>>);
-
-/// The most buffers a pool keeps.
-const POOL_CAPACITY: usize = 32;
-
-impl Clone for BufferPool {
-    fn clone(&self) -> Self {
-        BufferPool::default()
-    }
-}
-
-impl BufferPool {
-    /// A `rows x cols` array whose contents are unspecified (a reused buffer of exactly that
-    /// size, or zeros): callers overwrite every entry.
-    fn take(&self, rows: usize, cols: usize) -> Array2<f64> {
-        let len = rows * cols;
-        let reused = {
-            let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            pool.iter().position(|v| v.len() == len).map(|i| pool.swap_remove(i))
-        };
-        let data = reused.unwrap_or_else(|| vec![0.0; len]);
-        Array2::from_shape_vec((rows, cols).f(), data).expect("buffer length is rows * cols")
-    }
-
-    /// Returns `a`'s storage to the pool.
-    fn give(&self, a: Array2<f64>) {
-        let (data, _) = a.into_raw_vec_and_offset();
-        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() == POOL_CAPACITY {
-            pool.remove(0);
-        }
-        pool.push(data);
-    }
 }
 
 /// The loss on the network's output, averaged over examples.
