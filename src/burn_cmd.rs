@@ -215,10 +215,10 @@ pub struct Setup {
 trait Job {
     /// The backend the job asks for.
     fn backend(&self) -> &BackendArgs;
-    /// Whether Ctrl-C exits at once (the job writes nothing that an interruption could
-    /// leave half-done): true unless the job says otherwise.
+    /// Whether Ctrl-C exits at once: only for jobs that write nothing an interruption could
+    /// leave half-done, which say so; others stop at their next safe point.
     fn exits_at_once(&self) -> bool {
-        true
+        false
     }
     /// Runs the job on backend `B`.
     fn run<B: AutodiffBackend>(self, devices: &[B::Device], setup: Setup) -> Result<ExitCode>;
@@ -310,7 +310,8 @@ fn print_json(value: &impl serde::Serialize, out: Option<&Path>) -> Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     println!("{text}");
     if let Some(path) = out {
-        std::fs::write(path, format!("{text}\n")).with_context(|| format!("writing {}", path.display()))?;
+        // Temporary file and rename: Ctrl-C exits these jobs at once, never leaving half a file.
+        fullbatch::atomic_file::write(path, format!("{text}\n").as_bytes())?;
     }
     Ok(())
 }
@@ -442,6 +443,11 @@ impl Job for CheckGradientArgs {
         &self.backend
     }
 
+    /// Writes nothing: Ctrl-C exits at once.
+    fn exits_at_once(&self) -> bool {
+        true
+    }
+
     fn run<B: AutodiffBackend>(self, devices: &[B::Device], setup: Setup) -> Result<ExitCode> {
         let device = single(devices)?;
         let cpu = burn::backend::flex::FlexDevice;
@@ -468,6 +474,11 @@ impl Job for CheckGradientArgs {
 impl Job for BenchArgs {
     fn backend(&self) -> &BackendArgs {
         &self.backend
+    }
+
+    /// Writes nothing: Ctrl-C exits at once.
+    fn exits_at_once(&self) -> bool {
+        true
     }
 
     fn run<B: AutodiffBackend>(self, devices: &[B::Device], setup: Setup) -> Result<ExitCode> {
@@ -507,10 +518,6 @@ impl Job for BenchArgs {
 impl Job for TrainArgs {
     fn backend(&self) -> &BackendArgs {
         &self.backend
-    }
-
-    fn exits_at_once(&self) -> bool {
-        false
     }
 
     fn run<B: AutodiffBackend>(self, devices: &[B::Device], setup: Setup) -> Result<ExitCode> {

@@ -188,13 +188,21 @@ struct RunsLock {
 impl RunsLock {
     fn take(runs: &Path) -> Result<RunsLock> {
         let path = runs.join("reproduce.lock");
+        // The pid is written to a file of this process's own first and hard-linked into place:
+        // linking fails if the lock exists, so the lock never exists without its pid (another
+        // job could otherwise read it empty and take it as stale).
+        let own = runs.join(format!(".reproduce.lock.{}", std::process::id()));
+        std::fs::write(&own, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing {}", own.display()))?;
+        let result = Self::link(runs, &own, path);
+        let _ = std::fs::remove_file(&own);
+        result
+    }
+
+    fn link(runs: &Path, own: &Path, path: PathBuf) -> Result<RunsLock> {
         for _ in 0..2 {
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut f) => {
-                    use std::io::Write;
-                    writeln!(f, "{}", std::process::id()).with_context(|| format!("writing {}", path.display()))?;
-                    return Ok(RunsLock { path });
-                }
+            match std::fs::hard_link(own, &path) {
+                Ok(()) => return Ok(RunsLock { path }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     let holder = std::fs::read_to_string(&path).unwrap_or_default();
                     let pid = holder.trim();

@@ -11,7 +11,6 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::{Deserialize, Serialize};
 
-use super::train::{add_opt, read_scalar};
 use crate::{Error, Result};
 
 /// A coefficient of [`lerp_grads`]: a host number or a one-element device tensor.
@@ -249,5 +248,28 @@ pub(crate) fn float_tensors_to_vec<B: Backend, M: burn::module::Module<B>>(
     match v.error {
         Some(e) => Err(e),
         None => Ok(v.out),
+    }
+}
+
+/// `acc + x`, or `x` when there is no sum yet.
+pub(crate) fn add_opt<B: Backend>(acc: Option<Tensor<B, 1>>, x: Tensor<B, 1>) -> Tensor<B, 1> {
+    match acc {
+        None => x,
+        Some(a) => a + x,
+    }
+}
+
+/// Reads a one-element tensor back to the host (0 for `None`).
+pub(crate) fn read_scalar<B: Backend>(t: Option<Tensor<B, 1>>) -> Result<f64> {
+    match t {
+        None => Ok(0.0),
+        Some(t) => {
+            let values = t
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .map_err(|e| Error::invalid("tensor", format!("{e:?}")))?;
+            values.first().map(|&v| f64::from(v)).ok_or_else(|| Error::invalid("tensor", "is empty"))
+        }
     }
 }

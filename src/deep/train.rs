@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::Batch;
 pub use super::grads::{ClipReport, clip_global_norm, global_grad_norm, grads_to_vec, params_to_vec, scale_grads};
 pub(crate) use super::grads::{Coef, float_tensors_to_vec, grad_sq_norm_tensor, lerp_grads, perturb};
+pub(crate) use super::grads::{add_opt, read_scalar};
 use crate::{Error, Result};
 
 /// A network that maps images to class logits.
@@ -233,28 +234,6 @@ fn take_block<B: Backend>(data: &Batch<B>, block: &[usize], device: &B::Device) 
         let idx: Vec<i64> = block.iter().map(|&i| i as i64).collect();
         let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [block.len()]), device);
         (data.images.clone().select(0, idx.clone()), data.labels.clone().select(0, idx))
-    }
-}
-
-pub(crate) fn add_opt<B: Backend>(acc: Option<Tensor<B, 1>>, x: Tensor<B, 1>) -> Tensor<B, 1> {
-    match acc {
-        None => x,
-        Some(a) => a + x,
-    }
-}
-
-/// Reads a one-element tensor back to the host (0 for `None`).
-pub(crate) fn read_scalar<B: Backend>(t: Option<Tensor<B, 1>>) -> Result<f64> {
-    match t {
-        None => Ok(0.0),
-        Some(t) => {
-            let values = t
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .map_err(|e| Error::invalid("tensor", format!("{e:?}")))?;
-            values.first().map(|&v| f64::from(v)).ok_or_else(|| Error::invalid("tensor", "is empty"))
-        }
     }
 }
 

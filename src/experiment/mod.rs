@@ -519,15 +519,20 @@ fn run_into(
     let mut runs = Vec::new();
     let total = config.variants.len() * config.seeds.len();
     // One gradient flow per seed (its start), shared by the GD runs that compare against it.
-    let mut flows: Vec<GradientFlowCache> = config
+    let mut flows: Vec<Option<GradientFlowCache>> = config
         .seeds
         .iter()
-        .map(|&seed| GradientFlowCache::new(&net, net.initial_parameters(seed), &config.measure, seed))
+        .map(|&seed| {
+            config
+                .measure
+                .gradient_flow
+                .then(|| GradientFlowCache::new(&net, net.initial_parameters(seed), &config.measure, seed))
+        })
         .collect();
     for variant in &config.variants {
         for (&seed, flow) in config.seeds.iter().zip(&mut flows) {
             progress(runs.len(), total, &format!("{} / seed {seed}", variant.label));
-            let (result, evaluations) = run_one(config, variant, seed, &net, &test_net, train, test, flow)?;
+            let (result, evaluations) = run_one(config, variant, seed, &net, &test_net, train, test, flow.as_mut())?;
             for e in &evaluations {
                 log.push_str(&serde_json::to_string(e).map_err(|e| Error::io(dir, std::io::Error::other(e)))?);
                 log.push('\n');

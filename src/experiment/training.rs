@@ -21,7 +21,8 @@ use crate::sharpness::{HessianOperator, LanczosParams, lanczos};
 use crate::{Error, Result};
 
 /// One variant with one seed: the evaluations along the way and the result. `flow` is the
-/// gradient flow from this seed's start (compared with plain GD runs when the config asks for it).
+/// gradient flow from this seed's start, present when the config asks for flow comparisons (made
+/// with plain GD runs only).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run_one(
     config: &ExperimentConfig,
@@ -31,7 +32,7 @@ pub(super) fn run_one(
     test_net: &Network,
     train: &Dataset,
     test: &Dataset,
-    flow: &mut GradientFlowCache<'_>,
+    flow: Option<&mut GradientFlowCache<'_>>,
 ) -> Result<(RunResult, Vec<Evaluation>)> {
     let started = Instant::now();
     let train_labels = train.labels().ok_or_else(|| Error::invalid("data", "training set has no class labels"))?;
@@ -87,9 +88,9 @@ pub(super) fn run_one(
         })
     };
     let theta0 = theta.clone();
-    let mut flows =
-        (config.measure.gradient_flow && variant.batch_size.is_none() && variant.regulariser == Regulariser::None)
-            .then(|| Flows::new(flow, &theta0, variant.lr, &config.measure));
+    let mut flows = flow
+        .filter(|_| variant.batch_size.is_none() && variant.regulariser == Regulariser::None)
+        .map(|plain| Flows::new(plain, &theta0, variant.lr, &config.measure));
     let mut first = evaluate(&theta, 0, &mut warm)?;
     if let Some(f) = &mut flows {
         first.flow = Some(f.compare(&theta, &theta0, 0)?);

@@ -88,9 +88,6 @@ pub const OTHER_CONFIGS: [&str; 10] = [
     "other configuration",
 ];
 
-/// The second panel's categories: [`OTHER_CONFIGS`].
-static OTHER_AXIS: [&str; OTHER_CONFIGS.len()] = OTHER_CONFIGS;
-
 /// What the figure (and the reproduction report) needs from one run directory.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CifarRun {
@@ -309,7 +306,7 @@ pub fn cifar_results_figure(runs: &[CifarRun]) -> Figure {
             x_label: "test accuracy (%), last evaluation".into(),
             y_label: "configuration".into(),
             x_scale: Scale::Linear,
-            y_scale: Scale::Categories(&OTHER_AXIS),
+            y_scale: Scale::Categories(&OTHER_CONFIGS),
             series,
             legend: Legend::Below,
         });
