@@ -107,6 +107,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run toy experiments (full-batch GD, SGD, explicit regularisers on a Fashion-MNIST MLP) from
+    /// their configs, cached by config hash as `make figures` does, and print each variant's final
+    /// numbers over seeds with its differences from the first variant, paired by seed.
+    Toy(toy_cmd::ToyArgs),
     /// Train a ResNet as a configuration file says (full batch or SGD), into a run directory
     /// with a JSONL log and checkpoints.
     #[cfg(feature = "burn")]
@@ -415,6 +419,7 @@ fn main() -> Result<ExitCode> {
         #[cfg(not(feature = "burn"))]
         Command::Device { .. } => without_burn("device"),
         Command::Models { models: kinds, seed, json } => models(kinds, seed, json),
+        Command::Toy(args) => toy_cmd::toy(args),
         Command::Sharpness { model, train_steps, lr, k, which, tol, seed, json, export } => {
             sharpness(SharpnessArgs { model, train_steps, lr, k, which, tol, seed, json, export })
         }
@@ -449,3 +454,4 @@ fn main() -> Result<ExitCode> {
 mod burn_cmd;
 #[cfg(feature = "burn")]
 mod reproduce_cmd;
+mod toy_cmd;

@@ -124,6 +124,11 @@ pub struct MeasureConfig {
     /// Relative tolerance of the flow integrations (absolute: 1e-3 of it).
     #[serde(default = "default_flow_rtol")]
     pub flow_rtol: f64,
+    /// For variants with an explicit regulariser: also $\lambda_{\max}$ of the regularised loss
+    /// that GD descends ($L + \frac h4\|\nabla L\|^2$, or $L + \frac h{4m}\sum_k\|\nabla L_k\|^2$
+    /// over the blocks of the step just taken), whose stability limit is $2/h$ (`Evaluation::lambda_max_penalised`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub penalised_sharpness: bool,
 }
 
 fn yes() -> bool {
@@ -169,6 +174,11 @@ pub struct Variant {
     /// Block size $n/m$ of the `sgd` regulariser.
     #[serde(default)]
     pub regulariser_batch_size: Option<usize>,
+    /// With the `sgd` regulariser: a fresh random partition of the examples into the $m$ blocks
+    /// at every step (the paper's "in practice" row shuffles its blocks each step), instead of
+    /// fixed consecutive blocks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub regulariser_reshuffle: bool,
     /// Evaluate every this many steps instead of `measure.every` (e.g. to evaluate variants
     /// with different step sizes at the same times $t = nh$).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -290,6 +300,9 @@ impl ExperimentConfig {
                 }
                 _ => {}
             }
+            if v.regulariser_reshuffle && v.regulariser != Regulariser::Sgd {
+                return bad(&key("regulariser_reshuffle"), "only for the sgd regulariser".into());
+            }
             if v.regulariser != Regulariser::None && v.batch_size.is_some() {
                 return bad(&key("regulariser"), "explicit regularisers are for full-batch variants".into());
             }
@@ -329,6 +342,14 @@ pub struct Evaluation {
     pub lambda_max: Option<f64>,
     /// Its Lanczos residual.
     pub lambda_residual: Option<f64>,
+    /// $\lambda_{\max}$ of the regularised loss the variant descends (with
+    /// `measure.penalised_sharpness`, regularised variants only). Its HVP is a central difference
+    /// of the exact penalised gradient for the `sgd` regulariser.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda_max_penalised: Option<f64>,
+    /// Its Lanczos residual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda_penalised_residual: Option<f64>,
     /// The iterate against the gradient flow and GD's modified flow (with `measure.flows`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow: Option<FlowComparison>,
@@ -400,6 +421,9 @@ pub struct VariantSummary {
     pub lambda_max: Option<(f64, f64)>,
     /// See `train_loss`.
     pub trace: Option<(f64, f64)>,
+    /// See `train_loss` (`Evaluation::lambda_max_penalised`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda_max_penalised: Option<(f64, f64)>,
 }
 
 /// Everything `results.json` holds.
@@ -576,6 +600,7 @@ fn summarise(label: &str, runs: &[RunResult]) -> VariantSummary {
         gradient_norm: stat(&|r| r.last.gradient_norm),
         lambda_max: optional(&|r| r.last.lambda_max),
         trace: optional(&|r| r.trace.map(|t| t.0)),
+        lambda_max_penalised: optional(&|r| r.last.lambda_max_penalised),
     }
 }
 
