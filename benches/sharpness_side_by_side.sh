@@ -2,7 +2,7 @@
 # Sharpness side by side: fullbatch's Lanczos (tol 1e-8) and power iteration (PyHessian, 1e-3)
 # on the Hessian of a tanh MLP 784-128-10 (101,770 parameters, 1,000 Fashion-MNIST images,
 # f64), then scipy's eigsh (ARPACK) on JAX's HVP of the same exported model, for k = 1 and 5.
-# Writes benches/results/sharpness_side_by_side.json and prints a summary. See
+# Writes benches/results/sharpness_side_by_side.json (or $SHARPNESS_SIDE_BY_SIDE_OUT) and prints a summary. See
 # docs/performance.md.
 #
 # Usage: bash benches/sharpness_side_by_side.sh   (needs python3 with numpy, scipy, jax)
@@ -10,7 +10,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PYTHON="${PYTHON:-python3}"
-OUT="benches/results/sharpness_side_by_side.json"
+OUT="${SHARPNESS_SIDE_BY_SIDE_OUT:-benches/results/sharpness_side_by_side.json}"
 EXPORT="target/lanczos-export"
 SCRATCH="$(mktemp -d)"
 trap 'rm -rf "$SCRATCH"' EXIT

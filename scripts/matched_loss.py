@@ -15,6 +15,8 @@ import json
 import math
 import os
 
+from results_json import write_atomically
+
 
 def mean_se(xs):
     m = sum(xs) / len(xs)
@@ -49,11 +51,7 @@ def main():
             rows.append(row)
     out = {"source": args.results_dir, "command": "python3 scripts/matched_loss.py " + " ".join(
         [args.results_dir, args.out_json]), "thresholds": args.thresholds, "rows": rows}
-    tmp = args.out_json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, args.out_json)
+    write_atomically(args.out_json, out)
     print(f"{'variant':<34} {'loss <=':>7} {'step':>12} {'lambda_max':>13} {'test acc':>16} {'test loss':>14}")
     for r in rows:
         if "step" not in r:

@@ -13,7 +13,7 @@ use fullbatch::export::export_model;
 use fullbatch::models::ModelKind;
 use fullbatch::optim::{OptimizerParams, gradient_descent};
 use fullbatch::sharpness::trace::{TraceEstimate, hutch_plus_plus};
-use fullbatch::sharpness::{Eigenpairs, HessianOperator, LanczosParams, PowerParams, Which, lanczos, power_iteration};
+use fullbatch::sharpness::{Eigenpairs, LanczosParams, PowerParams, Which, lanczos, power_iteration};
 use indicatif::ProgressBar;
 use ndarray_linalg::{Eigh, UPLO};
 use serde::Serialize;
@@ -312,10 +312,10 @@ fn sharpness(args: SharpnessArgs) -> Result<ExitCode> {
     let obj = inst.objective();
     let params = OptimizerParams { lr, steps: train_steps, seed, ..OptimizerParams::default() };
     let (theta, _) = gradient_descent(obj, inst.theta0.view(), &params)?;
-    let op = HessianOperator { objective: obj, theta: theta.clone() };
-    let lanczos_result = lanczos(&op, &LanczosParams { k, which, tol, seed, ..LanczosParams::default() })?;
-    let power = power_iteration(&op, &PowerParams { k, seed, ..PowerParams::default() })?;
-    let trace = hutch_plus_plus(&op, 3 * (obj.dim() / 3).clamp(2, 100), seed)?;
+    let op = obj.hessian_at(theta.view());
+    let lanczos_result = lanczos(&*op, &LanczosParams { k, which, tol, seed, ..LanczosParams::default() })?;
+    let power = power_iteration(&*op, &PowerParams { k, seed, ..PowerParams::default() })?;
+    let trace = hutch_plus_plus(&*op, 3 * (obj.dim() / 3).clamp(2, 100), seed)?;
     let (dense_top, dense_trace) = if obj.dim() <= DENSE_LIMIT {
         let h = obj.hessian(theta.view());
         let (mut values, _) = h.eigh(UPLO::Lower)?;

@@ -8,6 +8,7 @@
 //! $H = \nabla^2 L(\theta)$, and $D^3L(\theta)[u, v] = \frac{d}{d\varepsilon} H(\theta + \varepsilon u)\, v
 //! \big|_{\varepsilon = 0}$, the third derivative contracted with two directions (a vector).
 
+use crate::sharpness::{HessianOperator, LinearOperator};
 use ndarray::{Array1, Array2, ArrayView1};
 
 /// A twice-differentiable loss $L(\theta)$ on $\mathbb{R}^d$ with exact gradient and exact
@@ -44,6 +45,15 @@ pub trait Objective {
         let (l, g) = self.loss_and_gradient(theta);
         let hg = self.hvp(theta, g.view());
         (l, g, hg)
+    }
+
+    /// The Hessian at `theta` as a [`LinearOperator`], for many products at one point (Lanczos,
+    /// Hutch++, spectral densities). The default is a [`HessianOperator`], which calls
+    /// [`Objective::hvp`] for each product; objectives whose products share work at a fixed point
+    /// override it with the same products, faster (a [`Network`](crate::models::Network) does its
+    /// forward pass once: [`NetworkHessian`](crate::models::NetworkHessian)).
+    fn hessian_at(&self, theta: ArrayView1<f64>) -> Box<dyn LinearOperator + '_> {
+        Box::new(HessianOperator { objective: self, theta: theta.to_owned() })
     }
 
     /// The third derivative contracted twice, $D^3L(\theta)[u, v]$ (symmetric in $u, v$).
@@ -135,6 +145,9 @@ impl<O: Objective + ?Sized> Objective for &O {
     }
     fn gradient_and_hvp_at_gradient(&self, theta: ArrayView1<f64>) -> (f64, Array1<f64>, Array1<f64>) {
         (**self).gradient_and_hvp_at_gradient(theta)
+    }
+    fn hessian_at(&self, theta: ArrayView1<f64>) -> Box<dyn LinearOperator + '_> {
+        (**self).hessian_at(theta)
     }
     fn third_derivative(&self, theta: ArrayView1<f64>, u: ArrayView1<f64>, v: ArrayView1<f64>) -> Array1<f64> {
         (**self).third_derivative(theta, u, v)

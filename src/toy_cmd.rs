@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use fullbatch::experiment::{ExperimentConfig, ExperimentResults, RunResult, run_cached};
+use fullbatch::experiment::{ExperimentConfig, ExperimentResults, RunResult, VariantSummary, run_cached};
 use fullbatch::stats::mean_and_stderr;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -19,8 +19,8 @@ pub struct ToyArgs {
     /// Cache of results, keyed by config hash: a config already run there is read, not rerun.
     #[arg(long, default_value = "experiments/results/toy")]
     results: PathBuf,
-    /// Print one JSON object per config (results directory, per-variant summaries and paired
-    /// differences) instead of tables.
+    /// Print one JSON object per config and line (results directory, commit, per-variant
+    /// summaries and paired differences) instead of tables.
     #[arg(long)]
     json: bool,
 }
@@ -40,12 +40,18 @@ struct PairedDifference {
     lambda_max: Option<(f64, f64)>,
 }
 
+/// What `--json` prints per config (the runs themselves are in the results directory).
 #[derive(Serialize)]
 struct ToyReport<'a> {
     config: String,
     results_dir: String,
     cached: bool,
+    #[serde(skip)]
     results: &'a ExperimentResults,
+    commit: &'a str,
+    data_used: &'a str,
+    seconds: f64,
+    summary: &'a [VariantSummary],
     versus_first_variant: Vec<PairedDifference>,
 }
 
@@ -154,6 +160,10 @@ pub fn toy(args: ToyArgs) -> Result<ExitCode> {
             results_dir: dir.display().to_string(),
             cached,
             versus_first_variant: paired_differences(&results),
+            commit: &results.commit,
+            data_used: &results.data_used,
+            seconds: results.seconds,
+            summary: &results.summary,
             results: &results,
         };
         if args.json {

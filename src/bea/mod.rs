@@ -33,7 +33,7 @@ use serde::Serialize;
 use crate::integrate::{AdaptiveParams, Field, dormand_prince};
 use crate::objective::{FiniteSum, Objective};
 use crate::optim::{Momentum, MomentumStep};
-use crate::sharpness::{HessianOperator, LanczosParams, Which, lanczos};
+use crate::sharpness::{LanczosParams, Which, lanczos};
 use crate::stats::{LinearFit, linear_fit, log_log_fit, mean_and_stderr};
 use crate::{Error, Result};
 
@@ -536,9 +536,9 @@ pub fn momentum_coefficient<O: Objective + ?Sized>(
 /// The largest $|\lambda|$ of the Hessian at `theta`, by Lanczos on the exact HVP to $10^{-6}$
 /// relative (seeded; 0 if the Lanczos budget runs out, which the callers' other terms cover).
 pub fn largest_curvature<O: Objective + ?Sized>(obj: &O, theta: ArrayView1<f64>) -> f64 {
-    let op = HessianOperator { objective: obj, theta: theta.to_owned() };
+    let op = obj.hessian_at(theta);
     let params = LanczosParams { k: 1, which: Which::LargestMagnitude, tol: 1e-6, ..LanczosParams::default() };
-    lanczos(&op, &params).ok().and_then(|e| e.values.first().map(|l| l.abs())).unwrap_or(0.0)
+    lanczos(&*op, &params).ok().and_then(|e| e.values.first().map(|l| l.abs())).unwrap_or(0.0)
 }
 
 /// The rate at which the backward-error expansion at `theta` loses accuracy, in units of

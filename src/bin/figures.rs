@@ -19,7 +19,7 @@ use fullbatch::objective::Objective;
 use fullbatch::optim::{OptimizerParams, gradient_descent};
 use fullbatch::plot::render;
 use fullbatch::sharpness::trace::{DensityParams, spectral_density};
-use fullbatch::sharpness::{HessianOperator, LanczosParams, PowerParams, lanczos, power_iteration};
+use fullbatch::sharpness::{LanczosParams, PowerParams, lanczos, power_iteration};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray_linalg::{Eigh, UPLO};
 
@@ -53,14 +53,14 @@ fn sharpness_data(seed: u64) -> Result<SharpnessFigureData> {
     let (theta, _) = gradient_descent(&net, net.initial_parameters(seed).view(), &train)?;
     let (mut exact, _) = net.hessian(theta.view()).eigh(UPLO::Lower)?;
     exact.as_slice_mut().context("contiguous eigenvalues")?.sort_by(|a, b| b.total_cmp(a));
-    let op = HessianOperator { objective: &net, theta: theta.clone() };
+    let op = net.hessian_at(theta.view());
     let k = 10;
     Ok(SharpnessFigureData {
         model: format!("a tanh MLP 20-40-4 ({} parameters) after 300 GD steps", net.dim()),
         exact: exact.to_vec(),
-        density: spectral_density(&op, &DensityParams { seed, ..DensityParams::default() })?,
-        lanczos: lanczos(&op, &LanczosParams { k, seed, ..LanczosParams::default() })?,
-        power: power_iteration(&op, &PowerParams { k, seed, ..PowerParams::default() })?,
+        density: spectral_density(&*op, &DensityParams { seed, ..DensityParams::default() })?,
+        lanczos: lanczos(&*op, &LanczosParams { k, seed, ..LanczosParams::default() })?,
+        power: power_iteration(&*op, &PowerParams { k, seed, ..PowerParams::default() })?,
     })
 }
 

@@ -17,7 +17,7 @@ use crate::models::Network;
 use crate::objective::{FiniteSum, GradientNormPenalty, MinibatchGradientPenalty, Objective};
 use crate::optim::{BatchSampler, Sampling};
 use crate::sharpness::trace::{DensityParams, hutch_plus_plus, spectral_density};
-use crate::sharpness::{HessianOperator, LanczosParams, lanczos};
+use crate::sharpness::{LanczosParams, lanczos};
 use crate::{Error, Result};
 
 /// One variant with one seed: the evaluations along the way and the result. `flow` is the
@@ -137,15 +137,15 @@ pub(super) fn run_one(
     };
     let (theta, evaluations) = (stepper.theta, evaluator.evaluations);
     let trace = if config.measure.trace_budget >= 6 && diverged.is_none() {
-        let op = HessianOperator { objective: net, theta: theta.clone() };
-        let t = hutch_plus_plus(&op, config.measure.trace_budget, seed)?;
+        let op = net.hessian_at(theta.view());
+        let t = hutch_plus_plus(&*op, config.measure.trace_budget, seed)?;
         Some((t.estimate, t.stderr))
     } else {
         None
     };
     let density = if config.measure.density && diverged.is_none() && config.seeds.first() == Some(&seed) {
-        let op = HessianOperator { objective: net, theta: theta.clone() };
-        Some(spectral_density(&op, &DensityParams { seed, ..DensityParams::default() })?)
+        let op = net.hessian_at(theta.view());
+        Some(spectral_density(&*op, &DensityParams { seed, ..DensityParams::default() })?)
     } else {
         None
     };
@@ -204,13 +204,13 @@ fn top_eigenvalue(
     budget: usize,
     warm: &mut Option<Array1<f64>>,
 ) -> Result<(Option<f64>, Option<f64>)> {
-    let op = HessianOperator { objective, theta: theta.clone() };
+    let op = objective.hessian_at(theta.view());
     let mut params = LanczosParams { k: 1, tol, seed, start: warm.clone(), ..LanczosParams::default() };
     if budget > 0 {
         params.max_applications = budget;
         params.keep_unconverged = true;
     }
-    let e = lanczos(&op, &params)?;
+    let e = lanczos(&*op, &params)?;
     *warm = (e.vectors.ncols() > 0).then(|| e.vectors.column(0).to_owned());
     Ok((e.values.first().copied(), e.residuals.first().copied()))
 }
@@ -361,7 +361,7 @@ impl<'n> GradientFlowCache<'n> {
         };
         if self.points[index].lambda_max.is_nan() {
             let point = &mut self.points[index];
-            let op = HessianOperator { objective: self.net, theta: point.theta.clone() };
+            let op = self.net.hessian_at(point.theta.view());
             let params = LanczosParams {
                 k: 1,
                 tol: 1e-6,
@@ -369,7 +369,7 @@ impl<'n> GradientFlowCache<'n> {
                 start: self.warm.clone(),
                 ..LanczosParams::default()
             };
-            let e = lanczos(&op, &params)?;
+            let e = lanczos(&*op, &params)?;
             self.warm = Some(e.vectors.column(0).to_owned());
             point.loss = self.net.loss(point.theta.view());
             point.lambda_max = e.values.first().copied().unwrap_or(f64::NAN);

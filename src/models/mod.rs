@@ -10,7 +10,7 @@ mod network;
 mod quadratic;
 
 pub use activation::Activation;
-pub use network::{Network, NetworkSpec, OutputLoss, ParameterBlock};
+pub use network::{Network, NetworkHessian, NetworkSpec, OutputLoss, ParameterBlock};
 pub use quadratic::{Quadratic, random_orthogonal};
 
 use ndarray::Array1;

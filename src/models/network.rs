@@ -37,7 +37,11 @@ use super::activation::{Activation, PARALLEL_MIN, sigmoid, softplus};
 use super::buffer_pool::BufferPool;
 use crate::data::{Dataset, Targets};
 use crate::objective::{FiniteSum, Objective};
+use crate::sharpness::LinearOperator;
+
+mod hessian;
 use crate::{Error, Result};
+pub use hessian::NetworkHessian;
 
 /// `Zip::for_each`, in parallel for large arrays.
 macro_rules! zip_for_each {
@@ -689,6 +693,9 @@ impl Objective for Network {
     }
     fn gradient_and_hvp_at_gradient(&self, theta: ArrayView1<f64>) -> (f64, Array1<f64>, Array1<f64>) {
         self.gradient_and_hvp_at_gradient_on(theta, self.inputs.view(), self.targets.view())
+    }
+    fn hessian_at(&self, theta: ArrayView1<f64>) -> Box<dyn LinearOperator + '_> {
+        Box::new(NetworkHessian::new(self, theta))
     }
     fn third_derivative(&self, theta: ArrayView1<f64>, u: ArrayView1<f64>, v: ArrayView1<f64>) -> Array1<f64> {
         if self.spec.hidden.is_empty() {
