@@ -32,6 +32,7 @@ use sha2::{Digest, Sha256};
 
 use crate::data::{self, Dataset, fashion_mnist};
 use crate::models::{Activation, Network, NetworkSpec, OutputLoss};
+use crate::optim::Momentum;
 use crate::sharpness::trace::SpectralDensity;
 use crate::stats::mean_and_stderr;
 use crate::{Error, Result};
@@ -183,6 +184,15 @@ pub struct Variant {
     /// with different step sizes at the same times $t = nh$).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub every: Option<usize>,
+    /// Momentum of the update (`{ kind = "heavy_ball", beta = 0.9 }` or `"nesterov"`, PyTorch's
+    /// convention); plain GD or SGD by default. Its stability limit is
+    /// [`Momentum::stability_limit`]$/h$, not $2/h$.
+    #[serde(default, skip_serializing_if = "is_plain")]
+    pub momentum: Momentum,
+}
+
+fn is_plain(m: &Momentum) -> bool {
+    *m == Momentum::None
 }
 
 fn no_regulariser() -> Regulariser {
@@ -299,6 +309,11 @@ impl ExperimentConfig {
                     return bad(&key("regulariser_batch_size"), "only for the sgd regulariser".into());
                 }
                 _ => {}
+            }
+            if let Momentum::HeavyBall(b) | Momentum::Nesterov(b) = v.momentum
+                && !(0.0..1.0).contains(&b)
+            {
+                return bad(&key("momentum"), format!("beta {b} is not in [0, 1)"));
             }
             if v.regulariser_reshuffle && v.regulariser != Regulariser::Sgd {
                 return bad(&key("regulariser_reshuffle"), "only for the sgd regulariser".into());

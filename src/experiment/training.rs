@@ -15,7 +15,7 @@ use crate::engine::{Control, Observer, Stepper, drive};
 use crate::integrate::{AdaptiveParams, dormand_prince};
 use crate::models::Network;
 use crate::objective::{FiniteSum, GradientNormPenalty, MinibatchGradientPenalty, Objective};
-use crate::optim::{BatchSampler, Sampling};
+use crate::optim::{BatchSampler, Momentum, MomentumStep, Sampling};
 use crate::sharpness::trace::{DensityParams, hutch_plus_plus, spectral_density};
 use crate::sharpness::{LanczosParams, lanczos};
 use crate::{Error, Result};
@@ -99,7 +99,11 @@ pub(super) fn run_one(
     };
     let theta0 = theta.clone();
     let mut flows = flow
-        .filter(|_| variant.batch_size.is_none() && variant.regulariser == Regulariser::None)
+        .filter(|_| {
+            variant.batch_size.is_none()
+                && variant.regulariser == Regulariser::None
+                && variant.momentum == Momentum::None
+        })
         .map(|plain| Flows::new(plain, &theta0, variant.lr, measure));
     let mut stepper = ToyStepper {
         net,
@@ -110,6 +114,7 @@ pub(super) fn run_one(
         sgd_penalty,
         gd_penalty,
         block_sampler,
+        momentum: MomentumStep::new(variant.momentum),
     };
     let mut warm = WarmStarts::default();
     let mut first = evaluate(&stepper, 0, &mut warm)?;
@@ -165,6 +170,8 @@ struct ToyStepper<'a> {
     gd_penalty: GradientNormPenalty<&'a Network>,
     /// Draws the `sgd` penalty's blocks anew before each step after the first (`regulariser_reshuffle`).
     block_sampler: Option<BatchSampler>,
+    /// The momentum buffer (unused for plain GD and SGD, which keep their original update).
+    momentum: MomentumStep,
 }
 
 impl ToyStepper<'_> {
@@ -239,7 +246,13 @@ impl Stepper for ToyStepper<'_> {
         if !g.iter().all(|x| x.is_finite()) {
             return Err(Error::Diverged { step, quantity: "non-finite gradient".into() });
         }
-        let next = &self.theta - &(g * self.lr);
+        let next = if self.momentum.momentum == Momentum::None {
+            &self.theta - &(g * self.lr)
+        } else {
+            let mut next = self.theta.clone();
+            self.momentum.apply(&mut next, g.view(), self.lr);
+            next
+        };
         if !next.iter().all(|x| x.is_finite()) {
             return Err(Error::Diverged { step, quantity: "non-finite iterate".into() });
         }

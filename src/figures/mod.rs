@@ -8,6 +8,7 @@ pub mod training;
 use crate::bea::{GdFlow, OrderMeasurement};
 use crate::derivative_check::DerivativeReport;
 use crate::experiment::{Evaluation, ExperimentResults};
+use crate::optim::Momentum;
 use crate::plot::{Figure, Legend, Mark, Panel, Scale, Series};
 use bea_coefficients::{CoefficientFigureData, bea_coefficient_figure};
 use cifar_results::{CifarRun, cifar_results_figure};
@@ -413,9 +414,16 @@ pub fn edge_of_stability_figure(
         let curve = in_time(mean_curve(log, &v.label, |e| e.lambda_max), h);
         let t_end = curve.last().map_or(v.steps as f64 * h, |p| p.0);
         sharp.push(Series { label: format!("λ_max, {}", v.label), points: curve, color: i, mark: Mark::Line });
+        // Each optimizer against its own limit: 2/h for GD, (2 + 2β)/h for heavy ball,
+        // (2 + 2β)/((1 + 2β) h) for Nesterov.
+        let limit = v.momentum.stability_limit() / h;
+        let limit_label = match v.momentum {
+            Momentum::None => format!("2/h = {limit}"),
+            _ => format!("its limit {:.3}/h = {limit:.1}", v.momentum.stability_limit()),
+        };
         sharp.push(Series {
-            label: format!("2/h = {}", 2.0 / h),
-            points: vec![(0.0, 2.0 / h), (t_end, 2.0 / h)],
+            label: limit_label,
+            points: vec![(0.0, limit), (t_end, limit)],
             color: i,
             mark: Mark::Dashed,
         });
@@ -431,7 +439,10 @@ pub fn edge_of_stability_figure(
         loss.push(Series { label: "gradient flow".into(), points: flow_loss, color: 7, mark: Mark::Line });
     }
     Figure {
-        title: format!("Edge of stability: full-batch GD vs gradient flow — {}", results.data_used),
+        title: format!(
+            "Edge of stability: full-batch GD, with and without momentum, vs gradient flow — {}",
+            results.data_used
+        ),
         panels: vec![
             Panel {
                 title: "training loss".into(),
@@ -443,7 +454,7 @@ pub fn edge_of_stability_figure(
                 legend: Legend::UpperRight,
             },
             Panel {
-                title: "sharpness vs the stability threshold 2/h".into(),
+                title: "sharpness vs each optimizer's stability threshold".into(),
                 x_label: "time t = step × h".into(),
                 y_label: "λ_max (Lanczos, warm-started)".into(),
                 x_scale: Scale::Linear,
