@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""When does a logged lambda_max cross the stability limit 2/h of GD?
+"""When does a logged lambda_max cross the optimizer's stability limit (2/h for GD)?
 
 For each variant and seed of a toy experiment's log (log.jsonl of a results directory; the step
-size h of each variant from its results.json), reports for the chosen key (lambda_max of the
+size h and momentum of each variant from its results.json; the limit is 2/h for GD,
+(2 + 2 beta)/h for heavy ball and (2 + 2 beta)/((1 + 2 beta) h) for PyTorch's Nesterov), reports for the chosen key (lambda_max of the
 training loss, or lambda_max_penalised of the regularised loss a regularised variant descends):
 the value at the start and at the end, the first evaluated step after the start where it is
-below 2/h, the last evaluated step where it is above 2/h, and its largest value after the start
+below the limit, the last evaluated step where it is above it, and its largest value after the start
 (with the step). Resolution is the log's evaluation interval.
 
 Usage: python3 scripts/stability_crossings.py RESULTS_DIR OUT_JSON [--key lambda_max]
@@ -18,6 +19,18 @@ import os
 from results_json import write_atomically
 
 
+def stability_limit(momentum):
+    """The largest stable h * lambda of GD, heavy ball or Nesterov (fullbatch::optim::Momentum)."""
+    kind, beta = momentum["kind"], momentum.get("beta", 0.0)
+    if kind == "none":
+        return 2.0
+    if kind == "heavy_ball":
+        return 2.0 + 2.0 * beta
+    if kind == "nesterov":
+        return (2.0 + 2.0 * beta) / (1.0 + 2.0 * beta)
+    raise ValueError(f"unknown momentum {kind!r}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results_dir")
@@ -26,10 +39,11 @@ def main():
     args = ap.parse_args()
     results = json.load(open(os.path.join(args.results_dir, "results.json")))
     lr = {v["label"]: v["lr"] for v in results["config"]["variants"]}
+    momentum = {v["label"]: v.get("momentum", {"kind": "none"}) for v in results["config"]["variants"]}
     log = [json.loads(line) for line in open(os.path.join(args.results_dir, "log.jsonl"))]
     rows = []
     for variant in lr:
-        limit = 2.0 / lr[variant]
+        limit = stability_limit(momentum[variant]) / lr[variant]
         for seed in results["config"]["seeds"]:
             run = sorted(
                 (e for e in log if e["variant"] == variant and e["seed"] == seed and e.get(args.key) is not None),
@@ -42,7 +56,7 @@ def main():
             rows.append({
                 "variant": variant,
                 "seed": seed,
-                "limit_2_over_h": limit,
+                "limit": limit,
                 "start": run[0][args.key],
                 "end": run[-1][args.key],
                 "end_step": run[-1]["step"],
@@ -59,10 +73,10 @@ def main():
         "rows": rows,
     }
     write_atomically(args.out_json, out)
-    print(f"{'variant':<44} {'seed':>4} {'2/h':>6} {'start':>8} {'end':>8} {'first below':>11} {'last above':>10} {'largest (step)':>16}")
+    print(f"{'variant':<44} {'seed':>4} {'limit':>6} {'start':>8} {'end':>8} {'first below':>11} {'last above':>10} {'largest (step)':>16}")
     for r in rows:
         top = f"{r['largest_after_start']:.2f} ({r['largest_after_start_step']})" if r["largest_after_start"] else "-"
-        print(f"{r['variant']:<44} {r['seed']:>4} {r['limit_2_over_h']:>6.1f} {r['start']:>8.2f} {r['end']:>8.2f} "
+        print(f"{r['variant']:<44} {r['seed']:>4} {r['limit']:>6.1f} {r['start']:>8.2f} {r['end']:>8.2f} "
               f"{str(r['first_step_below_limit']):>11} {str(r['last_step_above_limit']):>10} {top:>16}")
 
 

@@ -340,7 +340,12 @@ fn draw_chart<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
         let color = PALETTE[s.color % PALETTE.len()];
         let style = color.stroke_width(2);
         let anno = match s.mark {
-            Mark::Line | Mark::LinePoints => chart.draw_series(LineSeries::new(pts.clone(), style)),
+            // Segment by segment: plotters' bitmap backend joins the segments of a wide polyline
+            // with unlimited miters, which draw long spikes where a curve turns back on itself
+            // (a drop and a one-pixel rise, as lambda_max does after its first step).
+            Mark::Line | Mark::LinePoints => {
+                chart.draw_series(pts.windows(2).map(|w| PathElement::new(vec![w[0], w[1]], style)))
+            }
             Mark::Dashed => chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style)),
             Mark::Points => chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))),
             Mark::ErrorBar => {

@@ -284,3 +284,44 @@ fn reshuffled_regulariser_draws_new_blocks_every_step() {
     let err = ExperimentConfig::from_toml(&bad, Path::new("bad.toml")).unwrap_err().to_string();
     assert!(err.contains("variants[0].regulariser_reshuffle"), "{err}");
 }
+
+/// A variant with `momentum` steps with `MomentumStep` (replayed here for both kinds: the logged
+/// training losses agree to 1e-12 relative) and differs from plain GD; beta outside [0, 1) is
+/// rejected naming the key.
+#[test]
+fn momentum_variants_follow_the_momentum_update() {
+    use fullbatch::optim::{Momentum, MomentumStep};
+    let text = TINY
+        .replace("seeds = [0, 1]", "seeds = [2]")
+        .replace("every = 5\ntrace_budget = 12", "every = 1\nsharpness = false")
+        .split("[[variants]]")
+        .next()
+        .unwrap()
+        .to_string()
+        + "[[variants]]\nlabel = \"GD\"\nlr = 0.1\nsteps = 4\n\n"
+        + "[[variants]]\nlabel = \"heavy ball\"\nlr = 0.1\nsteps = 4\nmomentum = { kind = \"heavy_ball\", beta = 0.9 }\n\n"
+        + "[[variants]]\nlabel = \"Nesterov\"\nlr = 0.1\nsteps = 4\nmomentum = { kind = \"nesterov\", beta = 0.5 }\n";
+    let config = ExperimentConfig::from_toml(&text, Path::new("momentum.toml")).unwrap();
+    assert_eq!(config.variants[1].momentum, Momentum::HeavyBall(0.9));
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, dir, _) = run_cached(&config, tmp.path(), &mut |_, _, _| {}).unwrap();
+    let log = read_log(&dir).unwrap();
+    for (label, momentum) in [("heavy ball", Momentum::HeavyBall(0.9)), ("Nesterov", Momentum::Nesterov(0.5))] {
+        let (net, mut theta) = runner_network(&config, 2);
+        let mut update = MomentumStep::new(momentum);
+        for step in 1..=4 {
+            let g = net.gradient(theta.view());
+            update.apply(&mut theta, g.view(), 0.1);
+            let replayed = net.loss(theta.view());
+            let logged = log.iter().find(|e| e.variant == label && e.step == step).unwrap().train_loss;
+            assert!((logged - replayed).abs() <= 1e-12 * replayed, "{label} step {step}: {logged} vs {replayed}");
+            if step > 1 {
+                let plain = log.iter().find(|e| e.variant == "GD" && e.step == step).unwrap().train_loss;
+                assert!((plain - logged).abs() > 1e-9 * plain, "{label} step {step}: same as GD");
+            }
+        }
+    }
+    let bad = text.replace("beta = 0.9", "beta = 1.0");
+    let err = ExperimentConfig::from_toml(&bad, Path::new("bad.toml")).unwrap_err().to_string();
+    assert!(err.contains("variants[1].momentum"), "{err}");
+}

@@ -460,7 +460,7 @@ pub fn edge_of_stability_figure(
                 x_scale: Scale::Linear,
                 y_scale: Scale::Linear,
                 series: sharp,
-                legend: Legend::UpperLeft,
+                legend: Legend::UpperRight,
             },
         ],
         columns: 2,
