@@ -46,6 +46,20 @@ impl Momentum {
         }
     }
 
+    /// The coefficient $c$ of the modified loss $L + c\,h\lVert\nabla L\rVert^2$ whose flow
+    /// $\dot\theta = -\frac1{1-\beta}\nabla(L + c\,h\lVert\nabla L\rVert^2)$ the optimizer follows on
+    /// its slow manifold to $O(h^2)$ (docs/theory.md, section 4): $\frac14$ for GD,
+    /// $\frac{1+\beta}{4(1-\beta)^2}$ for heavy ball (Ghosh et al., ICLR 2023) and
+    /// $\frac{1-\beta+2\beta^2}{4(1-\beta)^2}$ for PyTorch's Nesterov (derived in this crate).
+    /// Measured by `bea::momentum_coefficient`; valid while $h\lambda/(1-\beta)^2 \ll 1$.
+    pub fn modified_loss_coefficient(self) -> f64 {
+        match self {
+            Momentum::None => 0.25,
+            Momentum::HeavyBall(b) => (1.0 + b) / (4.0 * (1.0 - b).powi(2)),
+            Momentum::Nesterov(b) => (1.0 - b + 2.0 * b * b) / (4.0 * (1.0 - b).powi(2)),
+        }
+    }
+
     /// The spectral radius of one step's linear map on a quadratic direction with
     /// $s = h(\lambda + w)$, acting on $(\theta, c)$ with $c = hb$ the scaled buffer:
     /// GD $\theta' = (1 - s)\theta$; heavy ball $c' = \beta c + s\theta$,

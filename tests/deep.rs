@@ -478,3 +478,83 @@ fn lean_batch_norm_equals_burns() {
     assert_close(&lean_out.5, &burn_out.5, 1e-5, "running variance");
     assert!(max_abs(&burn_out.4) > 0.01 && max_abs(&burn_out.1) > 0.01, "a test that can fail");
 }
+
+/// The flat gradient of each block of `blocks` (example indices into `data`), in f64.
+fn block_gradients_by_hand(model: &ResNet<B>, data: &Batch<B>, blocks: &[Vec<usize>]) -> Vec<Vec<f64>> {
+    blocks
+        .iter()
+        .map(|block| {
+            let ids: Vec<i64> = block.iter().map(|&i| i as i64).collect();
+            let ids = Tensor::<B, 1, burn::tensor::Int>::from_data(TensorData::new(ids, [block.len()]), &device());
+            let images = data.images.clone().select(0, ids.clone());
+            let labels = data.labels.clone().select(0, ids);
+            let (g, _) = block_gradient(model, images, labels);
+            grads_to_vec(model, &g).unwrap().into_iter().map(f64::from).collect()
+        })
+        .collect()
+}
+
+/// $(\lVert\bar g\rVert^2, \frac1K\sum_k\lVert g_k\rVert^2)$ of vectors $g_k$, in f64.
+fn ledger_inputs_by_hand(grads: &[Vec<f64>]) -> (f64, f64) {
+    let k = grads.len() as f64;
+    let mean: Vec<f64> = (0..grads[0].len()).map(|i| grads.iter().map(|g| g[i]).sum::<f64>() / k).collect();
+    let mean_sq = mean.iter().map(|x| x * x).sum::<f64>();
+    let blocks_sq = grads.iter().map(|g| g.iter().map(|x| x * x).sum::<f64>()).sum::<f64>() / k;
+    (mean_sq, blocks_sq)
+}
+
+/// The regulariser ledger's inputs of a full-batch step, |mean block gradient|^2 and the mean
+/// squared block-gradient norm, against a hand computation from separately computed block
+/// gradients: without the regulariser, and with it (where the update's gradient is not the plain
+/// mean, so the ledger must use the separately kept unregularised mean). Tolerance 1e-4
+/// relative (f32 gradients summed in different orders).
+#[test]
+fn full_batch_ledger_inputs_match_a_hand_computation() {
+    let model = tiny(11);
+    let data = data(24, 8, 1);
+    let blocks: Vec<Vec<usize>> = (0..3).map(|k| (8 * k..8 * (k + 1)).collect()).collect();
+    let (mean_sq, blocks_sq) = ledger_inputs_by_hand(&block_gradients_by_hand(&model, &data, &blocks));
+    assert!(blocks_sq > 1.05 * mean_sq, "blocks too alike to tell the two apart: {blocks_sq} vs {mean_sq}");
+    let rel = |a: f64, b: f64| (a - b).abs() / b.abs();
+    for regulariser in [None, Some(Regulariser { alpha: 0.5, eps: 0.01, lr: 0.4 })] {
+        let opts = FullBatchOptions { block_size: 8, order: BlockOrder::Sequential, regulariser };
+        let full = full_batch_gradient(&model, &data, &opts).unwrap();
+        assert_eq!(full.plain_grads.is_some(), regulariser.is_some());
+        let mut optim = train::paper_sgd().init::<B, ResNet<B>>();
+        let (_, report) = train::full_batch_update(model.clone(), &mut optim, full, 0.0, None).unwrap();
+        assert!(
+            rel(report.mean_grad_sq_norm, mean_sq) < 1e-4,
+            "{regulariser:?}: {} vs {mean_sq}",
+            report.mean_grad_sq_norm
+        );
+        assert!(rel(report.mean_block_grad_sq_norm, blocks_sq) < 1e-4, "{regulariser:?}");
+        if regulariser.is_some() {
+            // The update's (regularised) gradient differs: the ledger did not take its norm.
+            assert!(rel(report.grad_norm.powi(2), mean_sq) > 1e-3, "regulariser had no effect");
+        } else {
+            assert!(rel(report.grad_norm.powi(2), mean_sq) < 1e-4);
+        }
+    }
+}
+
+/// The ledger's inputs of an SGD epoch against a hand computation: at learning rate 0 the model
+/// does not move, so the epoch's minibatch gradients are those of the epoch's permutation (the
+/// same seeded shuffle) at the start. Tolerance 1e-4 relative.
+#[test]
+fn sgd_epoch_ledger_inputs_match_a_hand_computation() {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let model = tiny(12);
+    let data = data(32, 8, 2);
+    let seed = 5;
+    let mut order: Vec<usize> = (0..32).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    let blocks: Vec<Vec<usize>> = order.chunks_exact(8).map(<[usize]>::to_vec).collect();
+    let (mean_sq, blocks_sq) = ledger_inputs_by_hand(&block_gradients_by_hand(&model, &data, &blocks));
+    assert!(blocks_sq > 1.05 * mean_sq, "minibatches too alike: {blocks_sq} vs {mean_sq}");
+    let mut optim = train::paper_sgd().init::<B, ResNet<B>>();
+    let (_, entry) = fullbatch::deep::run::sgd_epoch(model, &mut optim, &data, 8, None, 0.0, seed).unwrap();
+    let rel = |a: Option<f64>, b: f64| (a.unwrap() - b).abs() / b;
+    assert!(rel(entry.mean_grad_sq_norm, mean_sq) < 1e-4, "{:?} vs {mean_sq}", entry.mean_grad_sq_norm);
+    assert!(rel(entry.mean_block_grad_sq_norm, blocks_sq) < 1e-4, "{:?} vs {blocks_sq}", entry.mean_block_grad_sq_norm);
+}

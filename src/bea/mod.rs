@@ -118,16 +118,11 @@ pub fn sgd_modified_field<'a, O: FiniteSum + ?Sized>(obj: &'a O, batches: &'a [V
     })
 }
 
-/// The published coefficient $c$ of the momentum modified loss $L + c\,h\|g\|^2$ (flow
-/// $\dot\theta = -\frac1{1-\beta}\nabla(\cdot)$): $\frac14$ without momentum,
-/// $\frac{1+\beta}{4(1-\beta)^2}$ for heavy ball (Ghosh et al. 2023), and
-/// $\frac{1-\beta+2\beta^2}{4(1-\beta)^2}$ for PyTorch's Nesterov.
+/// The claimed coefficient $c$ of the momentum modified loss $L + c\,h\|g\|^2$ (flow
+/// $\dot\theta = -\frac1{1-\beta}\nabla(\cdot)$), which the checks measure:
+/// [`Momentum::modified_loss_coefficient`].
 pub fn momentum_coefficient_claim(momentum: Momentum) -> f64 {
-    match momentum {
-        Momentum::None => 0.25,
-        Momentum::HeavyBall(b) => (1.0 + b) / (4.0 * (1.0 - b).powi(2)),
-        Momentum::Nesterov(b) => (1.0 - b + 2.0 * b * b) / (4.0 * (1.0 - b).powi(2)),
-    }
+    momentum.modified_loss_coefficient()
 }
 
 /// The modified flow of momentum on its slow manifold with coefficient `coefficient`:

@@ -13,6 +13,7 @@ use fullbatch::derivative_check::{DerivativeCheckParams, check_model};
 use fullbatch::experiment::{ExperimentConfig, FIGURE_EXPERIMENTS, read_log, run_cached};
 use fullbatch::figures::bea_coefficients::measure_coefficients;
 use fullbatch::figures::cifar_results::collect_cifar_runs;
+use fullbatch::figures::ledger::collect_ledger_runs;
 use fullbatch::figures::{FIGURES, FigureInputs, SharpnessFigureData, ToyExperimentData};
 use fullbatch::models::{self, Activation, ModelKind, OutputLoss};
 use fullbatch::objective::Objective;
@@ -42,6 +43,10 @@ struct Cli {
     /// CIFAR-10 results chart; a missing directory means no runs.
     #[arg(long, default_value = "runs")]
     runs: PathBuf,
+    /// Run directories of `fullbatch train` whose regulariser ledger is drawn (besides those
+    /// under `--runs`); the committed small CPU runs by default.
+    #[arg(long, default_value = "experiments/results/ledger")]
+    ledger_runs: PathBuf,
 }
 
 /// The sharpness figure's model: a tanh MLP 20-40-4 with cross-entropy on 256 teacher-student
@@ -167,6 +172,13 @@ fn main() -> Result<()> {
     };
     let cifar_runs = collect_cifar_runs(&cli.runs)?;
     println!("CIFAR-10 runs found under {}: {}", cli.runs.display(), cifar_runs.len());
+    let ledger_runs = collect_ledger_runs(&[cli.ledger_runs.clone(), cli.runs.clone()])?;
+    println!(
+        "runs with a regulariser ledger under {} and {}: {}",
+        cli.ledger_runs.display(),
+        cli.runs.display(),
+        ledger_runs.len()
+    );
     let inputs = FigureInputs {
         derivative_reports: reports,
         bea_orders: bea_curves,
@@ -177,6 +189,7 @@ fn main() -> Result<()> {
         modified_flow,
         lr_sweep,
         cifar_runs,
+        ledger_runs,
     };
     for entry in &FIGURES {
         for path in render(&(entry.build)(&inputs), &cli.out.join(entry.stem))? {

@@ -140,6 +140,29 @@ pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
     v.grads
 }
 
+/// A copy of `grads` for the parameters of `model` (the tensors are shared until one side
+/// changes, as burn tensors are).
+pub(crate) fn copy_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &GradientsParams,
+) -> GradientsParams {
+    struct Copy<'a, B> {
+        from: &'a GradientsParams,
+        to: GradientsParams,
+        _b: PhantomData<B>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Copy<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.from.get::<B::InnerBackend, D>(param.id) {
+                self.to.register::<B::InnerBackend, D>(param.id, g);
+            }
+        }
+    }
+    let mut v = Copy::<B> { from: grads, to: GradientsParams::default(), _b: PhantomData };
+    model.visit(&mut v);
+    v.to
+}
+
 /// What [`clip_global_norm`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ClipReport {

@@ -160,6 +160,15 @@ pub fn data_parallel_gradient<B: AutodiffBackend>(
                         let grads = scale_grads(&replica, own.grads, weight)
                             .all_reduce::<B::InnerBackend>(peer, ReduceOperation::Sum)
                             .map_err(collective_error)?;
+                        // With a regulariser, the unregularised mean too (every device has one).
+                        let plain_grads = match own.plain_grads {
+                            Some(plain) => Some(
+                                scale_grads(&replica, plain, weight)
+                                    .all_reduce::<B::InnerBackend>(peer, ReduceOperation::Sum)
+                                    .map_err(collective_error)?,
+                            ),
+                            None => None,
+                        };
                         // Everything else in one reduction: [loss, squared norm] (weighted), then
                         // each BatchNorm's running-mean and running-variance term of the merge.
                         let stats = Tensor::<B::InnerBackend, 1>::from_data(
@@ -202,6 +211,7 @@ pub fn data_parallel_gradient<B: AutodiffBackend>(
                         }
                         let gradient = FullGradient {
                             grads,
+                            plain_grads,
                             loss: f64::from(stats[0]),
                             mean_block_grad_sq_norm: f64::from(stats[1]),
                             blocks: k,

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Batch;
 pub use super::grads::{ClipReport, clip_global_norm, global_grad_norm, grads_to_vec, params_to_vec, scale_grads};
-pub(crate) use super::grads::{Coef, float_tensors_to_vec, grad_sq_norm_tensor, lerp_grads, perturb};
+pub(crate) use super::grads::{Coef, copy_grads, float_tensors_to_vec, grad_sq_norm_tensor, lerp_grads, perturb};
 pub(crate) use super::grads::{add_opt, read_scalar};
 use crate::{Error, Result};
 
@@ -146,6 +146,9 @@ pub struct FullBatchOptions {
 pub struct FullGradient {
     /// $\bar g = \frac1K\sum_k g_k$ (regularised block gradients when a regulariser is set).
     pub grads: GradientsParams,
+    /// With a regulariser, the mean of the unregularised block gradients, $\frac1K\sum_k\nabla L_k$
+    /// (without one, `grads` is that mean): the regulariser ledger's $\bar g$.
+    pub plain_grads: Option<GradientsParams>,
     /// The mean of the block losses, $\frac1K\sum_k L_k$.
     pub loss: f64,
     /// The mean squared norm of the unregularised block gradients, $\frac1K\sum_k\lVert\nabla L_k\rVert^2$.
@@ -198,21 +201,24 @@ where
     }
     let device = data.images.device();
     let mut mean: Option<GradientsParams> = None;
+    let mut plain_mean: Option<GradientsParams> = None;
     let mut loss_sum: Option<Tensor<B::InnerBackend, 1>> = None;
     let mut sq_sum: Option<Tensor<B::InnerBackend, 1>> = None;
     for (k, block) in blocks.iter().enumerate() {
         let (images, labels) = take_block(data, block, &device);
         let (mut grads, loss) = block_gradient(model, images.clone(), labels.clone());
         let sq = grad_sq_norm_tensor(model, &grads);
+        let running_mean = |m: Option<GradientsParams>, g| match m {
+            None => g,
+            Some(m) => lerp_grads(model, m, g, Coef::Scalar(1.0 / (k + 1) as f64)),
+        };
         if let Some(reg) = regulariser {
+            plain_mean = Some(running_mean(plain_mean, copy_grads(model, &grads)));
             grads = regularise_block(model, grads, sq.clone(), images, labels, reg);
         }
         loss_sum = Some(add_opt(loss_sum, loss));
         sq_sum = Some(add_opt(sq_sum, sq));
-        mean = Some(match mean {
-            None => grads,
-            Some(m) => lerp_grads(model, m, grads, Coef::Scalar(1.0 / (k + 1) as f64)),
-        });
+        mean = Some(running_mean(mean, grads));
     }
     let n = blocks.len();
     let loss = read_scalar(loss_sum)? / n as f64;
@@ -220,7 +226,13 @@ where
         return Err(Error::Diverged { step: 0, quantity: "full-batch loss".into() });
     }
     let mean_block_grad_sq_norm = read_scalar(sq_sum)? / n as f64;
-    Ok(FullGradient { grads: mean.unwrap_or_default(), loss, mean_block_grad_sq_norm, blocks: n })
+    Ok(FullGradient {
+        grads: mean.unwrap_or_default(),
+        plain_grads: plain_mean,
+        loss,
+        mean_block_grad_sq_norm,
+        blocks: n,
+    })
 }
 
 /// The images and labels of one block: a slice when the indices are consecutive, a gather
@@ -345,6 +357,9 @@ pub struct StepReport {
     pub loss: f64,
     /// The mean squared norm of the unregularised block gradients.
     pub mean_block_grad_sq_norm: f64,
+    /// The squared norm of the mean of the unregularised block gradients,
+    /// $\lVert\frac1K\sum_k\nabla L_k\rVert^2$.
+    pub mean_grad_sq_norm: f64,
     /// The global norm of the (regularised) full gradient before clipping.
     pub grad_norm: f64,
     /// Whether clipping scaled the gradient.
@@ -392,6 +407,11 @@ where
     M: AutodiffModule<B> + ImageClassifier<B>,
     O: Optimizer<M, B>,
 {
+    // The ledger's |g|^2: of the plain mean when the step is regularised, else the norm below.
+    let plain_sq = match &full.plain_grads {
+        Some(plain) => Some(global_grad_norm(&model, plain)?.powi(2)),
+        None => None,
+    };
     let (grads, grad_norm, clipped) = match clip {
         Some(c) => {
             let (g, report) = clip_global_norm(&model, full.grads, c)?;
@@ -405,7 +425,14 @@ where
     let model = optim.step(lr, model, grads);
     Ok((
         model,
-        StepReport { loss: full.loss, mean_block_grad_sq_norm: full.mean_block_grad_sq_norm, grad_norm, clipped, lr },
+        StepReport {
+            loss: full.loss,
+            mean_block_grad_sq_norm: full.mean_block_grad_sq_norm,
+            mean_grad_sq_norm: plain_sq.unwrap_or(grad_norm * grad_norm),
+            grad_norm,
+            clipped,
+            lr,
+        },
     ))
 }
 

@@ -181,21 +181,7 @@ pub fn read_cifar_run(dir: &Path) -> Result<CifarRun> {
 /// As [`read_cifar_run`] for a directory that holds `run.json` but not a readable run (a
 /// malformed `log.jsonl` names the file and the line); [`Error::Io`] if `dir` cannot be listed.
 pub fn collect_cifar_runs(dir: &Path) -> Result<Vec<CifarRun>> {
-    if dir.join("run.json").is_file() {
-        return Ok(vec![read_cifar_run(dir)?]);
-    }
-    if !dir.is_dir() {
-        return Ok(Vec::new());
-    }
-    let mut dirs = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let path = entry.map_err(|e| Error::io(dir, e))?.path();
-        if path.is_dir() && path.join("run.json").is_file() {
-            dirs.push(path);
-        }
-    }
-    dirs.sort();
-    dirs.iter().map(|d| read_cifar_run(d)).collect()
+    run_dir::find_run_dirs(dir)?.iter().map(|d| read_cifar_run(d)).collect()
 }
 
 /// How a run is described in the legend.

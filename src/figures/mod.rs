@@ -3,6 +3,7 @@
 
 pub mod bea_coefficients;
 pub mod cifar_results;
+pub mod ledger;
 pub mod training;
 
 use crate::bea::{GdFlow, OrderMeasurement};
@@ -12,6 +13,7 @@ use crate::optim::Momentum;
 use crate::plot::{Figure, Legend, Mark, Panel, Scale, Series};
 use bea_coefficients::{CoefficientFigureData, bea_coefficient_figure};
 use cifar_results::{CifarRun, cifar_results_figure};
+use ledger::{LedgerRun, regulariser_ledger_figure};
 use training::{lr_sweep_figure, modified_flow_figure, spectral_density_figure};
 
 /// One toy experiment's results and evaluation log, as the figures read them.
@@ -44,6 +46,8 @@ pub struct FigureInputs {
     pub lr_sweep: ToyExperimentData,
     /// The CIFAR-10 runs found.
     pub cifar_runs: Vec<CifarRun>,
+    /// The `fullbatch train` runs with a regulariser ledger found.
+    pub ledger_runs: Vec<LedgerRun>,
 }
 
 /// One figure of `cargo run --release --bin figures`: its file name (without extension), what
@@ -60,7 +64,7 @@ pub struct FigureEntry {
 
 /// Every figure the figures binary draws, in its order: the binary draws and indexes these, and
 /// the tests check the files and the README's count against this list.
-pub const FIGURES: [FigureEntry; 10] = [
+pub const FIGURES: [FigureEntry; 11] = [
     FigureEntry {
         stem: "derivative_check",
         shows: "finite-difference error of the gradient and HVP against the exact ones vs the difference step, per toy model (V shape: the exact derivatives are right)",
@@ -110,6 +114,11 @@ pub const FIGURES: [FigureEntry; 10] = [
         stem: "cifar_results",
         shows: "the paper's CIFAR-10 ResNet-18 validation accuracies (only the numbers the paper states) beside the last evaluation of each of our runs under runs/ (labelled with run directory, progress and commit; unfinished runs marked), rows without a run listed as not run; runs on other data (synthetic, Fashion-MNIST, subsets) in a separate panel marked not comparable",
         build: |i| cifar_results_figure(&i.cifar_runs),
+    },
+    FigureEntry {
+        stem: "regulariser_ledger",
+        shows: "the regulariser ledger along each fullbatch train run found (experiments/results/ledger/: the four small CPU configs, synthetic and Fashion-MNIST; runs/): GD's implicit term (lr/4)|mean g|^2, the minibatch-variance part SGD adds (lr/4K) sum |g_k - mean g|^2, GD's term with the momentum coefficient, and the paper's explicit regulariser, per step or SGD epoch, and their ratios",
+        build: |i| regulariser_ledger_figure(&i.ledger_runs),
     },
 ];
 

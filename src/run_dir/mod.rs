@@ -97,6 +97,29 @@ pub fn read_log(dir: &Path) -> Result<Vec<LogEntry>> {
         .collect()
 }
 
+/// The run directories under `dir`: `dir` itself if it holds `run.json`, else each immediate
+/// subdirectory that does, sorted by path; a missing `dir` has none.
+///
+/// # Errors
+/// [`Error::Io`] if `dir` exists but cannot be listed.
+pub fn find_run_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    if dir.join("run.json").is_file() {
+        return Ok(vec![dir.to_path_buf()]);
+    }
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut dirs = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.is_dir() && path.join("run.json").is_file() {
+            dirs.push(path);
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
+}
+
 /// Reads `run.json` of a run directory.
 ///
 /// # Errors
@@ -137,7 +160,9 @@ pub struct LogEntry {
     /// The global norm of the gradient before clipping (full batch: of the regularised full
     /// gradient; SGD: the mean over the epoch's minibatches).
     pub grad_norm: f64,
-    /// The mean squared norm of the unregularised block gradients, $\frac1K\sum_k\lVert\nabla L_k\rVert^2$ (full batch).
+    /// The mean squared norm of the unregularised block gradients, $\frac1K\sum_k\lVert\nabla L_k\rVert^2$
+    /// (full batch); SGD: of the epoch's minibatch gradients before clipping,
+    /// $\frac1m\sum_k\lVert g_k\rVert^2$, each at the iterate it was taken at.
     pub mean_block_grad_sq_norm: Option<f64>,
     /// The regulariser's value as the update implements it, $\alpha\frac{\eta_t}{8}\frac1K\sum_k\lVert\nabla L_k\rVert^2$
     /// (the official code logs twice this, with $\eta_t/4$); `None` without regulariser.
@@ -173,6 +198,88 @@ pub struct LogEntry {
     /// $1.357/\eta$ for Nesterov at 0.9, not $2/\eta$), at sharpness steps, with this step's lr.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lambda_edge_fraction: Option<f64>,
+    /// $\lVert\bar g\rVert^2$, the squared norm of the mean of the unregularised block gradients
+    /// (full batch: $\bar g = \nabla L$ on this step's images); SGD: of the mean of the epoch's
+    /// minibatch gradients before clipping (taken along the epoch, at moving iterates). Weight
+    /// decay's gradient is not included. The input of the regulariser ledger
+    /// ([`RegulariserLedger`]), whose terms follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_grad_sq_norm: Option<f64>,
+    /// [`RegulariserLedger::implicit_gd`]: $\frac{\eta_t}4\lVert\bar g\rVert^2$.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub implicit_gd: Option<f64>,
+    /// [`RegulariserLedger::implicit_minibatch_variance`]:
+    /// $\frac{\eta_t}{4m}\sum_k\lVert g_k - \bar g\rVert^2$.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub implicit_minibatch_variance: Option<f64>,
+    /// [`RegulariserLedger::implicit_momentum`]: $c(\beta)\,\eta_t\lVert\bar g\rVert^2$.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub implicit_momentum: Option<f64>,
+}
+
+/// The regulariser ledger of one full-batch step or SGD epoch: the implicit gradient-norm
+/// regularisers that backward-error analysis attributes to the optimizer, beside the explicit
+/// one, all computed from two gradient norms the step measured anyway.
+///
+/// With $K$ blocks (full batch; SGD: $m$ minibatches) of gradients $g_k$, their mean $\bar g$,
+/// learning rate $\eta$ and the optimizer's coefficient $c(\beta)$
+/// ([`crate::optim::Momentum::modified_loss_coefficient`]):
+/// - `implicit_gd` $= \frac\eta4\lVert\bar g\rVert^2$: GD's own regulariser (the flow of
+///   $L + \frac h4\lVert\nabla L\rVert^2$);
+/// - `implicit_minibatch_variance` $= \frac{\eta}{4K}\sum_k\lVert g_k - \bar g\rVert^2 =
+///   \frac\eta4\big(\frac1K\sum_k\lVert g_k\rVert^2 - \lVert\bar g\rVert^2\big)$: what SGD with
+///   these blocks as minibatches adds on top (docs/theory.md, section 3); for a full-batch run
+///   it is the term the explicit regulariser stands in for. It can come out slightly negative
+///   from rounding when the blocks agree; it is logged as computed;
+/// - `implicit_momentum` $= c(\beta)\,\eta\lVert\bar g\rVert^2$: GD's term with the momentum
+///   coefficient (Nesterov at $\beta = 0.9$: $c = 43$, i.e. 172 times `implicit_gd`); it
+///   equals `implicit_gd` without momentum. The minibatch-variance part's momentum coefficient
+///   is not derived here, so it is not scaled;
+/// - `explicit` $= \alpha\frac\eta8\frac1K\sum_k\lVert g_k\rVert^2$: the paper's regulariser
+///   as the update implements it ([`LogEntry::regulariser`]), when `alpha` is given.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RegulariserLedger {
+    /// $\frac\eta4\lVert\bar g\rVert^2$.
+    pub implicit_gd: f64,
+    /// $\frac\eta4\big(\frac1K\sum_k\lVert g_k\rVert^2 - \lVert\bar g\rVert^2\big)$.
+    pub implicit_minibatch_variance: f64,
+    /// $c(\beta)\,\eta\lVert\bar g\rVert^2$.
+    pub implicit_momentum: f64,
+    /// $\alpha\frac\eta8\frac1K\sum_k\lVert g_k\rVert^2$, with a regulariser.
+    pub explicit: Option<f64>,
+}
+
+impl RegulariserLedger {
+    /// The ledger from the learning rate `lr`, the optimizer's `momentum`, $\lVert\bar g\rVert^2$
+    /// (`mean_grad_sq_norm`), $\frac1K\sum_k\lVert g_k\rVert^2$ (`mean_block_grad_sq_norm`) and the
+    /// explicit regulariser's strength `alpha`, if any.
+    pub fn new(
+        lr: f64,
+        momentum: crate::optim::Momentum,
+        mean_grad_sq_norm: f64,
+        mean_block_grad_sq_norm: f64,
+        alpha: Option<f64>,
+    ) -> Self {
+        RegulariserLedger {
+            implicit_gd: lr / 4.0 * mean_grad_sq_norm,
+            implicit_minibatch_variance: lr / 4.0 * (mean_block_grad_sq_norm - mean_grad_sq_norm),
+            implicit_momentum: momentum.modified_loss_coefficient() * lr * mean_grad_sq_norm,
+            explicit: alpha.map(|a| a * lr / 8.0 * mean_block_grad_sq_norm),
+        }
+    }
+
+    /// `entry` with the ledger's fields, the two norms and the explicit regulariser filled in.
+    pub fn record(self, entry: LogEntry, mean_grad_sq_norm: f64, mean_block_grad_sq_norm: f64) -> LogEntry {
+        LogEntry {
+            mean_grad_sq_norm: Some(mean_grad_sq_norm),
+            mean_block_grad_sq_norm: Some(mean_block_grad_sq_norm),
+            implicit_gd: Some(self.implicit_gd),
+            implicit_minibatch_variance: Some(self.implicit_minibatch_variance),
+            implicit_momentum: Some(self.implicit_momentum),
+            regulariser: self.explicit,
+            ..entry
+        }
+    }
 }
 
 /// The fields of [`LogEntry`] that depend on time, not on the computation.
@@ -233,4 +340,37 @@ pub fn latest_checkpoint(dir: &Path) -> Result<Option<(PathBuf, usize)>> {
         return Err(Error::bad_file(&latest, format!("names {} which does not exist", path.display())));
     }
     Ok(Some((path, step)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::Momentum;
+
+    /// Two blocks with gradients $g_1 = (3, 0)$, $g_2 = (1, 2)$: $\bar g = (2, 1)$,
+    /// $\lVert\bar g\rVert^2 = 5$, $\frac12(9 + 5) = 7$, $\frac12\sum_k\lVert g_k - \bar g\rVert^2 = \frac12(2 + 2) = 2$.
+    #[test]
+    fn ledger_matches_a_hand_computation() {
+        let ledger = RegulariserLedger::new(0.4, Momentum::Nesterov(0.9), 5.0, 7.0, Some(0.5));
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs().max(1.0);
+        assert!(close(ledger.implicit_gd, 0.4 / 4.0 * 5.0));
+        assert!(close(ledger.implicit_minibatch_variance, 0.4 / 4.0 * 2.0));
+        // Nesterov at 0.9: c = (1 - 0.9 + 2 * 0.81) / (4 * 0.01) = 43.
+        assert!(close(ledger.implicit_momentum, 43.0 * 0.4 * 5.0));
+        assert!(close(ledger.explicit.unwrap_or(f64::NAN), 0.5 * 0.4 / 8.0 * 7.0));
+        let plain = RegulariserLedger::new(0.4, Momentum::None, 5.0, 7.0, None);
+        assert_eq!(plain.implicit_momentum, plain.implicit_gd);
+        assert_eq!(plain.explicit, None);
+        let entry = plain.record(LogEntry { step: 3, ..LogEntry::default() }, 5.0, 7.0);
+        assert_eq!((entry.step, entry.mean_grad_sq_norm, entry.mean_block_grad_sq_norm), (3, Some(5.0), Some(7.0)));
+        assert_eq!(entry.implicit_minibatch_variance, Some(plain.implicit_minibatch_variance));
+    }
+
+    /// Logs written before the ledger existed still read: its fields are optional.
+    #[test]
+    fn log_lines_without_ledger_fields_read() {
+        let line = r#"{"step":1,"lr":0.1,"train_loss":2.3,"train_acc":null,"grad_norm":1.0,"mean_block_grad_sq_norm":2.0,"regulariser":null,"clip_factor":1.0,"eval_train_loss":null,"eval_train_acc":null,"test_loss":null,"test_acc":null,"wall_s":1.0,"step_s":1.0,"images_per_s":10.0,"lambda_max":null,"lambda_residual":null,"lambda_hvps":null,"lambda_s":null}"#;
+        let entry: LogEntry = serde_json::from_str(line).expect("an old log line");
+        assert_eq!((entry.mean_grad_sq_norm, entry.implicit_gd), (None, None));
+    }
 }

@@ -74,7 +74,8 @@ use crate::data::cifar::{self, ImageSet};
 use crate::data::fashion_mnist;
 use crate::engine::{Control, Observer, Stepper, drive};
 pub use crate::run_dir::{
-    LogEntry, RunInfo, SegmentRecord, WALL_TIME_FIELDS, latest_checkpoint, read_segments, stored_config,
+    LogEntry, RegulariserLedger, RunInfo, SegmentRecord, WALL_TIME_FIELDS, latest_checkpoint, read_segments,
+    stored_config,
 };
 use crate::{Error, Result};
 
@@ -569,25 +570,38 @@ impl<B: AutodiffBackend, O: Optimizer<ResNet<B>, B>> Stepper for ResNetStepper<'
                     Some(c) if report.clipped => c / (report.grad_norm + 1e-6),
                     _ => 1.0,
                 };
-                LogEntry {
+                let entry = LogEntry {
                     step: t + 1,
                     lr,
                     train_loss: report.loss,
                     grad_norm: report.grad_norm,
-                    mean_block_grad_sq_norm: Some(report.mean_block_grad_sq_norm),
-                    regulariser: regulariser.map(|r| r.alpha * lr / 8.0 * report.mean_block_grad_sq_norm),
                     clip_factor,
                     // Images now; divided by the step's time by [`StepTiming`].
                     images_per_s: ((batch.len() / block_size) * block_size) as f64,
                     ..LogEntry::default()
-                }
+                };
+                let (g_sq, blocks_sq) = (report.mean_grad_sq_norm, report.mean_block_grad_sq_norm);
+                RegulariserLedger::new(
+                    lr,
+                    config.optimizer.momentum_kind(),
+                    g_sq,
+                    blocks_sq,
+                    regulariser.map(|r| r.alpha),
+                )
+                .record(entry, g_sq, blocks_sq)
             }
             Mode::Sgd { batch_size, clip, .. } => {
                 let seed = derive_seed(config.seed, stream::ORDER, t as u64);
                 let (m, e) = sgd_epoch(model, &mut self.optim, &batch, *batch_size, *clip, lr, seed)
                     .map_err(|e| at_step(e, t))?;
                 self.model = Some(m);
-                LogEntry { step: t + 1, ..e }
+                let (g_sq, blocks_sq) =
+                    (e.mean_grad_sq_norm.unwrap_or(f64::NAN), e.mean_block_grad_sq_norm.unwrap_or(f64::NAN));
+                RegulariserLedger::new(lr, config.optimizer.momentum_kind(), g_sq, blocks_sq, None).record(
+                    LogEntry { step: t + 1, ..e },
+                    g_sq,
+                    blocks_sq,
+                )
             }
         };
         if !entry.train_loss.is_finite() {
@@ -612,8 +626,16 @@ fn at_step(e: Error, step: usize) -> Error {
 /// One epoch of minibatch SGD over `data`: a seeded permutation, batches of `batch_size` (the
 /// last partial batch dropped), optional global-norm clipping of each minibatch gradient, one
 /// update per batch at learning rate `lr`. The returned entry has the epoch's mean loss,
-/// accuracy, gradient norm and clip factor, and the number of images in `images_per_s`.
-fn sgd_epoch<B, O>(
+/// accuracy, gradient norm and clip factor, the number of images in `images_per_s`, and the
+/// regulariser ledger's two inputs over the epoch's minibatch gradients $g_k$ (before clipping,
+/// each at the iterate it was taken at): `mean_block_grad_sq_norm` $=\frac1m\sum_k\lVert g_k\rVert^2$
+/// and `mean_grad_sq_norm` $=\lVert\frac1m\sum_k g_k\rVert^2$ (a running mean of the
+/// gradients, one extra parameter-sized buffer).
+///
+/// # Errors
+/// [`Error::InvalidParameter`] if `batch_size` is zero or larger than the data, or a value
+/// cannot be read back; [`Error::Diverged`] (step 0) for a non-finite minibatch gradient norm.
+pub fn sgd_epoch<B, O>(
     mut model: ResNet<B>,
     optim: &mut O,
     data: &Batch<B>,
@@ -635,9 +657,10 @@ where
     let device = data.images.device();
     let mut loss_sum: Option<Tensor<B::InnerBackend, 1>> = None;
     let mut hits_sum: Option<Tensor<B::InnerBackend, 1>> = None;
-    let (mut norm_sum, mut clip_sum) = (0.0, 0.0);
+    let (mut norm_sum, mut sq_sum, mut clip_sum) = (0.0, 0.0, 0.0);
+    let mut mean_grad: Option<GradientsParams> = None;
     let batches = n / batch_size;
-    for idx in order.chunks_exact(batch_size) {
+    for (k, idx) in order.chunks_exact(batch_size).enumerate() {
         let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
         let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [idx.len()]), &device);
         let images = data.images.clone().select(0, ids.clone());
@@ -647,6 +670,11 @@ where
         let loss = cross_entropy(logits, labels);
         let value = loss.clone().inner();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let copy = train::copy_grads(&model, &grads);
+        mean_grad = Some(match mean_grad {
+            None => copy,
+            Some(m) => train::lerp_grads(&model, m, copy, train::Coef::Scalar(1.0 / (k + 1) as f64)),
+        });
         let (grads, norm, factor) = match clip {
             Some(c) => {
                 let (g, r) = clip_global_norm(&model, grads, c)?;
@@ -661,6 +689,7 @@ where
             return Err(Error::Diverged { step: 0, quantity: "minibatch gradient norm".into() });
         }
         norm_sum += norm;
+        sq_sum += norm * norm;
         clip_sum += factor;
         model = optim.step(lr, model, grads);
         loss_sum = Some(match loss_sum {
@@ -674,6 +703,10 @@ where
         });
     }
     let k = batches as f64;
+    let mean_grad_sq_norm = match &mean_grad {
+        Some(g) => global_grad_norm(&model, g)?.powi(2),
+        None => f64::NAN,
+    };
     let entry = LogEntry {
         step: 0,
         lr,
@@ -681,6 +714,8 @@ where
         train_acc: Some(read_scalar(hits_sum)? / (k * batch_size as f64)),
         grad_norm: norm_sum / k,
         clip_factor: clip_sum / k,
+        mean_block_grad_sq_norm: Some(sq_sum / k),
+        mean_grad_sq_norm: Some(mean_grad_sq_norm),
         images_per_s: (batches * batch_size) as f64,
         ..LogEntry::default()
     };
