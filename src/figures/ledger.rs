@@ -46,7 +46,7 @@ pub fn read_ledger_run(dir: &Path) -> Result<Option<LedgerRun>> {
         Mode::FullBatch { block_size, .. } => (false, block_size),
     };
     if size == 0 {
-        return Err(Error::bad_file(&dir.join("config.toml"), "block or batch size 0"));
+        return Err(Error::bad_file(dir.join("config.toml"), "block or batch size 0"));
     }
     Ok(Some(LedgerRun {
         dir: dir.to_path_buf(),
