@@ -19,11 +19,13 @@
 //!   full-batch step).
 //! - [`device`]: the kernel caches of the GPU backends and the visible warm-up of the first
 //!   steps.
+//! - [`mlp`]: a fully connected network in burn, `f64` on Flex, as an [`crate::objective::Objective`]
+//!   over the theory module's flat parameters, so that backward-error analysis runs on burn.
 //! - [`sharpness`]: the Hessian of the full-batch loss as a finite-difference
 //!   [`crate::sharpness::LinearOperator`] over the flattened parameters (BatchNorm in training or
 //!   inference mode), and $\lambda_{\max}$ by Lanczos ([`sharpness::network_lambda_max`]).
 //!
-//! Precision: everything here is `f32`, burn's default float type on both the CPU backend (Flex)
+//! Precision: everything here except [`mlp`] (`f64`) is `f32`, burn's default float type on both the CPU backend (Flex)
 //! and the GPU path (CUDA, where f32 matmuls and convolutions may run as TF32 on tensor cores).
 //! Host-side reductions that are reported (norms, mean losses) are converted to `f64` at the end.
 //!
@@ -34,6 +36,7 @@ pub mod bench;
 pub use crate::run_dir::config;
 pub mod device;
 pub mod grads;
+pub mod mlp;
 #[cfg(feature = "collective")]
 pub mod parallel;
 pub mod resnet;
