@@ -21,11 +21,14 @@
 //!   steps.
 //! - [`mlp`]: a fully connected network in burn, `f64` on Flex, as an [`crate::objective::Objective`]
 //!   over the theory module's flat parameters, so that backward-error analysis runs on burn.
+//! - [`flat_resnet`]: a small ResNet in burn, `f64` on Flex, over a flat parameter vector, as an
+//!   [`crate::objective::Objective`] (BatchNorm in training mode on the full batch; ReLU, GELU or
+//!   softplus).
 //! - [`sharpness`]: the Hessian of the full-batch loss as a finite-difference
 //!   [`crate::sharpness::LinearOperator`] over the flattened parameters (BatchNorm in training or
 //!   inference mode), and $\lambda_{\max}$ by Lanczos ([`sharpness::network_lambda_max`]).
 //!
-//! Precision: everything here except [`mlp`] (`f64`) is `f32`, burn's default float type on both the CPU backend (Flex)
+//! Precision: everything here except [`mlp`] and [`flat_resnet`] (`f64`) is `f32`, burn's default float type on both the CPU backend (Flex)
 //! and the GPU path (CUDA, where f32 matmuls and convolutions may run as TF32 on tensor cores).
 //! Host-side reductions that are reported (norms, mean losses) are converted to `f64` at the end.
 //!
@@ -35,6 +38,7 @@
 pub mod bench;
 pub use crate::run_dir::config;
 pub mod device;
+pub mod flat_resnet;
 pub mod grads;
 pub mod mlp;
 #[cfg(feature = "collective")]
