@@ -15,17 +15,18 @@
 //! Precision and HVP as in [`super::mlp`]: `f64` tensors on Flex, gradients by burn's reverse
 //! mode, the HVP by a central difference of two gradients.
 
+use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu, log_softmax, relu};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Tensor, TensorData};
 use ndarray::{Array1, ArrayView1};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
+use super::mlp::{f64_tensor, softplus, to_array};
 use super::{Cpu, CpuAutodiff};
 use crate::data::cifar::ImageSet;
 use crate::objective::{Objective, central_difference_along};
@@ -259,23 +260,12 @@ fn take<B: Backend>(theta: &Tensor<B, 1>, slot: Slot) -> Tensor<B, 1> {
     theta.clone().slice(slot.offset..slot.offset + slot.len)
 }
 
-/// A tensor of `f64` values stored as `f64`.
-fn f64_tensor<B: Backend, const D: usize>(values: Vec<f64>, shape: [usize; D], device: &B::Device) -> Tensor<B, D> {
-    Tensor::from_data(TensorData::new(values, shape), (device, DType::F64))
-}
-
 fn activate<B: Backend, const D: usize>(x: Tensor<B, D>, activation: ResNetActivation) -> Tensor<B, D> {
     match activation {
         ResNetActivation::Relu => relu(x),
         ResNetActivation::Gelu => gelu(x),
-        // max(x, 0) + log(1 + e^{-|x|}), without overflow.
-        ResNetActivation::Softplus => x.clone().clamp_min(0.0) + x.abs().neg().exp().log1p(),
+        ResNetActivation::Softplus => softplus(x),
     }
-}
-
-fn to_array<B: Backend>(t: Tensor<B, 1>) -> Array1<f64> {
-    let data = t.into_data().convert::<f64>();
-    Array1::from_iter(data.iter::<f64>())
 }
 
 impl Objective for FlatResNet {

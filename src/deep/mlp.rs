@@ -90,12 +90,16 @@ impl BurnMlp {
 }
 
 /// A tensor of `f64` values stored as `f64` (not the backend's default float type).
-fn f64_tensor<B: Backend, const D: usize>(values: Vec<f64>, shape: [usize; D], device: &B::Device) -> Tensor<B, D> {
+pub(super) fn f64_tensor<B: Backend, const D: usize>(
+    values: Vec<f64>,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Tensor<B, D> {
     Tensor::from_data(TensorData::new(values, shape), (device, DType::F64))
 }
 
 /// $\log(1 + e^x) = \max(x, 0) + \log(1 + e^{-|x|})$, without overflow.
-fn softplus<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+pub(super) fn softplus<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x.clone().clamp_min(0.0) + x.abs().neg().exp().log1p()
 }
 
@@ -110,7 +114,7 @@ fn activate<B: Backend, const D: usize>(z: Tensor<B, D>, activation: Activation)
 }
 
 /// The values of a 1-D tensor as `f64`.
-fn to_array<B: Backend>(t: Tensor<B, 1>) -> Array1<f64> {
+pub(super) fn to_array<B: Backend>(t: Tensor<B, 1>) -> Array1<f64> {
     let data = t.into_data().convert::<f64>();
     Array1::from_iter(data.iter::<f64>())
 }
