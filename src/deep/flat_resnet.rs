@@ -26,8 +26,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-use super::mlp::{f64_tensor, softplus, to_array};
-use super::{Cpu, CpuAutodiff};
+use super::mlp::{f64_tensor, forward, reverse_mode, softplus};
 use crate::data::cifar::ImageSet;
 use crate::objective::{Objective, central_difference_along};
 use crate::{Error, Result};
@@ -234,25 +233,6 @@ impl FlatResNet {
         let beta = take(theta, c.beta).reshape([1, c.out_ch, 1, 1]);
         normed * gamma + beta
     }
-
-    /// $(L, \nabla L)$ by burn's reverse mode.
-    fn loss_and_gradient_on(&self, theta: ArrayView1<f64>) -> (f64, Array1<f64>) {
-        let device = Default::default();
-        let t = f64_tensor::<CpuAutodiff, 1>(theta.iter().copied().collect(), [self.dim], &device).require_grad();
-        let loss = self.loss_tensor(t.clone());
-        let grads = loss.backward();
-        let value = to_array(loss.inner())[0];
-        // Every parameter reaches the loss, so burn has a gradient for `t`.
-        let g = t.grad(&grads).map(to_array).unwrap_or_else(|| Array1::zeros(self.dim));
-        (value, g)
-    }
-
-    /// $L$ without autodiff.
-    fn loss_on(&self, theta: ArrayView1<f64>) -> f64 {
-        let device = Default::default();
-        let t = f64_tensor::<Cpu, 1>(theta.iter().copied().collect(), [self.dim], &device);
-        to_array(self.loss_tensor(t))[0]
-    }
 }
 
 /// The parameters of `slot` as a 1-D tensor.
@@ -274,15 +254,15 @@ impl Objective for FlatResNet {
     }
 
     fn loss(&self, theta: ArrayView1<f64>) -> f64 {
-        self.loss_on(theta)
+        forward(theta, |t| self.loss_tensor(t))
     }
 
     fn gradient(&self, theta: ArrayView1<f64>) -> Array1<f64> {
-        self.loss_and_gradient_on(theta).1
+        reverse_mode(theta, |t| self.loss_tensor(t)).1
     }
 
     fn loss_and_gradient(&self, theta: ArrayView1<f64>) -> (f64, Array1<f64>) {
-        self.loss_and_gradient_on(theta)
+        reverse_mode(theta, |t| self.loss_tensor(t))
     }
 
     fn hvp(&self, theta: ArrayView1<f64>, v: ArrayView1<f64>) -> Array1<f64> {

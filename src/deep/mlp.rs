@@ -122,22 +122,34 @@ pub(super) fn to_array<B: Backend>(t: Tensor<B, 1>) -> Array1<f64> {
 impl BurnMlp {
     /// $(L_B, \nabla L_B)$ by burn's reverse mode, over `batch` (every example for `None`).
     fn loss_and_gradient_on(&self, theta: ArrayView1<f64>, batch: Option<&[usize]>) -> (f64, Array1<f64>) {
-        let device = Default::default();
-        let t = f64_tensor::<CpuAutodiff, 1>(theta.iter().copied().collect(), [self.dim], &device).require_grad();
-        let loss = self.loss_tensor(t.clone(), batch);
-        let grads = loss.backward();
-        let value = to_array(loss.inner())[0];
-        // Every parameter reaches the loss, so burn has a gradient for `t`.
-        let g = t.grad(&grads).map(to_array).unwrap_or_else(|| Array1::zeros(self.dim));
-        (value, g)
+        reverse_mode(theta, |t| self.loss_tensor(t, batch))
     }
 
     /// $L_B$ without autodiff, over `batch` (every example for `None`).
     fn loss_on(&self, theta: ArrayView1<f64>, batch: Option<&[usize]>) -> f64 {
-        let device = Default::default();
-        let t = f64_tensor::<Cpu, 1>(theta.iter().copied().collect(), [self.dim], &device);
-        to_array(self.loss_tensor(t, batch))[0]
+        forward(theta, |t| self.loss_tensor(t, batch))
     }
+}
+
+/// The value and gradient of the scalar `loss` at `theta` (`f64` on Flex) by burn's reverse mode.
+pub(super) fn reverse_mode(
+    theta: ArrayView1<f64>,
+    loss: impl Fn(Tensor<CpuAutodiff, 1>) -> Tensor<CpuAutodiff, 1>,
+) -> (f64, Array1<f64>) {
+    let device = Default::default();
+    let t = f64_tensor::<CpuAutodiff, 1>(theta.iter().copied().collect(), [theta.len()], &device).require_grad();
+    let value = loss(t.clone());
+    let grads = value.backward();
+    let v = to_array(value.inner())[0];
+    // Every parameter reaches the loss, so burn has a gradient for `t`.
+    let g = t.grad(&grads).map(to_array).unwrap_or_else(|| Array1::zeros(theta.len()));
+    (v, g)
+}
+
+/// The value of the scalar `loss` at `theta` (`f64` on Flex), without autodiff.
+pub(super) fn forward(theta: ArrayView1<f64>, loss: impl Fn(Tensor<Cpu, 1>) -> Tensor<Cpu, 1>) -> f64 {
+    let device = Default::default();
+    to_array(loss(f64_tensor::<Cpu, 1>(theta.iter().copied().collect(), [theta.len()], &device)))[0]
 }
 
 impl Objective for BurnMlp {

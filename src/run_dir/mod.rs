@@ -239,6 +239,10 @@ pub struct LogEntry {
 ///   as the update implements it ([`LogEntry::regulariser`]), when `alpha` is given.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RegulariserLedger {
+    /// $\lVert\bar g\rVert^2$.
+    pub mean_grad_sq_norm: f64,
+    /// $\frac1K\sum_k\lVert g_k\rVert^2$.
+    pub mean_block_grad_sq_norm: f64,
     /// $\frac\eta4\lVert\bar g\rVert^2$.
     pub implicit_gd: f64,
     /// $\frac\eta4\big(\frac1K\sum_k\lVert g_k\rVert^2 - \lVert\bar g\rVert^2\big)$.
@@ -261,6 +265,8 @@ impl RegulariserLedger {
         alpha: Option<f64>,
     ) -> Self {
         RegulariserLedger {
+            mean_grad_sq_norm,
+            mean_block_grad_sq_norm,
             implicit_gd: lr / 4.0 * mean_grad_sq_norm,
             implicit_minibatch_variance: lr / 4.0 * (mean_block_grad_sq_norm - mean_grad_sq_norm),
             implicit_momentum: momentum.modified_loss_coefficient() * lr * mean_grad_sq_norm,
@@ -268,11 +274,11 @@ impl RegulariserLedger {
         }
     }
 
-    /// `entry` with the ledger's fields, the two norms and the explicit regulariser filled in.
-    pub fn record(self, entry: LogEntry, mean_grad_sq_norm: f64, mean_block_grad_sq_norm: f64) -> LogEntry {
+    /// `entry` with the ledger's fields, its two norms and the explicit regulariser filled in.
+    pub fn record(self, entry: LogEntry) -> LogEntry {
         LogEntry {
-            mean_grad_sq_norm: Some(mean_grad_sq_norm),
-            mean_block_grad_sq_norm: Some(mean_block_grad_sq_norm),
+            mean_grad_sq_norm: Some(self.mean_grad_sq_norm),
+            mean_block_grad_sq_norm: Some(self.mean_block_grad_sq_norm),
             implicit_gd: Some(self.implicit_gd),
             implicit_minibatch_variance: Some(self.implicit_minibatch_variance),
             implicit_momentum: Some(self.implicit_momentum),
@@ -361,7 +367,7 @@ mod tests {
         let plain = RegulariserLedger::new(0.4, Momentum::None, 5.0, 7.0, None);
         assert_eq!(plain.implicit_momentum, plain.implicit_gd);
         assert_eq!(plain.explicit, None);
-        let entry = plain.record(LogEntry { step: 3, ..LogEntry::default() }, 5.0, 7.0);
+        let entry = plain.record(LogEntry { step: 3, ..LogEntry::default() });
         assert_eq!((entry.step, entry.mean_grad_sq_norm, entry.mean_block_grad_sq_norm), (3, Some(5.0), Some(7.0)));
         assert_eq!(entry.implicit_minibatch_variance, Some(plain.implicit_minibatch_variance));
     }

@@ -580,15 +580,14 @@ impl<B: AutodiffBackend, O: Optimizer<ResNet<B>, B>> Stepper for ResNetStepper<'
                     images_per_s: ((batch.len() / block_size) * block_size) as f64,
                     ..LogEntry::default()
                 };
-                let (g_sq, blocks_sq) = (report.mean_grad_sq_norm, report.mean_block_grad_sq_norm);
                 RegulariserLedger::new(
                     lr,
                     config.optimizer.momentum_kind(),
-                    g_sq,
-                    blocks_sq,
+                    report.mean_grad_sq_norm,
+                    report.mean_block_grad_sq_norm,
                     regulariser.map(|r| r.alpha),
                 )
-                .record(entry, g_sq, blocks_sq)
+                .record(entry)
             }
             Mode::Sgd { batch_size, clip, .. } => {
                 let seed = derive_seed(config.seed, stream::ORDER, t as u64);
@@ -597,11 +596,8 @@ impl<B: AutodiffBackend, O: Optimizer<ResNet<B>, B>> Stepper for ResNetStepper<'
                 self.model = Some(m);
                 let (g_sq, blocks_sq) =
                     (e.mean_grad_sq_norm.unwrap_or(f64::NAN), e.mean_block_grad_sq_norm.unwrap_or(f64::NAN));
-                RegulariserLedger::new(lr, config.optimizer.momentum_kind(), g_sq, blocks_sq, None).record(
-                    LogEntry { step: t + 1, ..e },
-                    g_sq,
-                    blocks_sq,
-                )
+                RegulariserLedger::new(lr, config.optimizer.momentum_kind(), g_sq, blocks_sq, None)
+                    .record(LogEntry { step: t + 1, ..e })
             }
         };
         if !entry.train_loss.is_finite() {
