@@ -40,6 +40,20 @@ pub enum Error {
         /// What became non-finite.
         quantity: String,
     },
+    /// An adaptive integrator used up its step budget before the end time: the field is stiff
+    /// or not smooth (a ReLU network's gradient jumps at every kink the flow crosses, and each
+    /// jump forces the step down to the tolerance).
+    #[error(
+        "integration stopped at t = {reached} of {t_end}: {steps} steps (accepted and rejected) used up the budget"
+    )]
+    StepBudget {
+        /// The step budget (accepted and rejected steps).
+        steps: usize,
+        /// The time reached.
+        reached: f64,
+        /// The end time asked for.
+        t_end: f64,
+    },
     /// A LAPACK routine failed.
     #[error("linear algebra: {0}")]
     Linalg(#[from] ndarray_linalg::error::LinalgError),

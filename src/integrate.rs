@@ -82,7 +82,8 @@ const E: [f64; 7] =
 ///
 /// # Errors
 /// [`Error::Diverged`] when the field returns a non-finite value; [`Error::InvalidParameter`]
-/// when the tolerances are not positive or the step budget runs out.
+/// when the tolerances are not positive; [`Error::StepBudget`] when `max_steps` steps do not
+/// reach `t_end`.
 pub fn dormand_prince(
     field: &Field,
     y0: ArrayView1<f64>,
@@ -118,10 +119,7 @@ pub fn dormand_prince(
     let mut k = vec![Array1::<f64>::zeros(0); 7];
     while (t_end - t) * dir > 0.0 {
         if info.accepted + info.rejected >= params.max_steps {
-            return Err(Error::invalid(
-                "max_steps",
-                format!("{} steps did not reach t = {t_end} (at t = {t})", params.max_steps),
-            ));
+            return Err(Error::StepBudget { steps: params.max_steps, reached: t, t_end });
         }
         h = h.min((t_end - t).abs());
         let hs = h * dir;
@@ -203,5 +201,21 @@ mod tests {
         let ratio = e(20) / e(40);
         // Halving the step divides the error by 2^4 = 16 in the asymptotic regime.
         assert!((ratio - 16.0).abs() < 1.0, "ratio {ratio}");
+    }
+
+    /// y' = -sign(y) from y = 1: the field jumps at y = 0, reached at t = 1, after which an exact
+    /// solution sits at 0 while every step across it is rejected or chatters. The step budget
+    /// ends the integration with a typed error past t = 1 (not a hang).
+    #[test]
+    fn a_jumping_field_uses_up_the_step_budget() {
+        let field = |y: ArrayView1<f64>| y.mapv(|v| -v.signum());
+        let params = AdaptiveParams { max_steps: 500, ..AdaptiveParams::default() };
+        match dormand_prince(&field, array![1.0].view(), 2.0, &params) {
+            Err(Error::StepBudget { steps, reached, t_end }) => {
+                assert_eq!((steps, t_end), (500, 2.0));
+                assert!((0.99..2.0).contains(&reached), "reached {reached}");
+            }
+            other => panic!("expected StepBudget, got {other:?}"),
+        }
     }
 }

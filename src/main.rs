@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use fullbatch::Choice;
-use fullbatch::bea::{SuiteParams, run_suite, suite_models};
+use fullbatch::bea::{SuiteModel, SuiteNetwork, SuiteParams, run_suite, suite_models};
 use fullbatch::data::fashion_mnist;
 use fullbatch::derivative_check::{DerivativeCheckParams, DerivativeReport, check_model};
 use fullbatch::export::export_model;
@@ -76,9 +76,14 @@ enum Command {
     /// Backward-error analysis: measure the orders and coefficients of the modified flows of
     /// GD, SGD and momentum on toy models, and compare them with the theory.
     Bea {
-        /// Models (repeatable); default: quadratic, logistic, mlp-tanh-mse.
+        /// Models (repeatable); default: quadratic, logistic, mlp-tanh-mse (none when only
+        /// networks are named).
         #[arg(long = "model", value_parser = choice::<ModelKind>())]
         models: Vec<ModelKind>,
+        /// Networks written in burn, f64 on the CPU (repeatable; needs a build with the `burn`
+        /// feature). With networks and no --model, only the networks run.
+        #[arg(long = "network", value_parser = choice::<SuiteNetwork>())]
+        networks: Vec<SuiteNetwork>,
         /// Skip the Fashion-MNIST MLP even when the data set is installed.
         #[arg(long)]
         no_fashion_mnist: bool,
@@ -217,11 +222,41 @@ fn models(kinds: Vec<ModelKind>, seed: u64, json: bool) -> Result<ExitCode> {
     Ok(if all_pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn bea(kinds: Vec<ModelKind>, no_fashion_mnist: bool, params: SuiteParams, json: bool) -> Result<ExitCode> {
+/// The suite's burn networks.
+#[cfg(feature = "burn")]
+fn network_models(networks: &[SuiteNetwork], seed: u64) -> Result<Vec<SuiteModel>> {
+    Ok(networks
+        .iter()
+        .map(|&n| fullbatch::deep::bea_suite::suite_network(n, seed))
+        .collect::<fullbatch::Result<_>>()?)
+}
+
+#[cfg(not(feature = "burn"))]
+fn network_models(networks: &[SuiteNetwork], _seed: u64) -> Result<Vec<SuiteModel>> {
+    if networks.is_empty() {
+        return Ok(Vec::new());
+    }
+    anyhow::bail!(
+        "--network {} needs the burn networks, which this build lacks: run `cargo run --release --features burn --bin fullbatch -- bea --network ...`",
+        networks[0].name()
+    )
+}
+
+fn bea(
+    kinds: Vec<ModelKind>,
+    networks: Vec<SuiteNetwork>,
+    no_fashion_mnist: bool,
+    params: SuiteParams,
+    json: bool,
+) -> Result<ExitCode> {
     let started = std::time::Instant::now();
-    let kinds =
-        if kinds.is_empty() { vec![ModelKind::Quadratic, ModelKind::Logistic, ModelKind::MlpTanhMse] } else { kinds };
+    let only_networks = kinds.is_empty() && !networks.is_empty();
+    let kinds = if kinds.is_empty() && !only_networks {
+        vec![ModelKind::Quadratic, ModelKind::Logistic, ModelKind::MlpTanhMse]
+    } else {
+        kinds
+    };
+    let no_fashion_mnist = no_fashion_mnist || only_networks;
     let dir = fashion_mnist::default_dir();
     let with_fashion = !no_fashion_mnist && fashion_mnist::available(&dir);
     if !no_fashion_mnist && !with_fashion {
@@ -231,7 +266,8 @@ fn bea(kinds: Vec<ModelKind>, no_fashion_mnist: bool, params: SuiteParams, json:
             fashion_mnist::DIR_ENV
         );
     }
-    let models = suite_models(&kinds, with_fashion, params.seed)?;
+    let mut models = suite_models(&kinds, with_fashion, params.seed)?;
+    models.extend(network_models(&networks, params.seed)?);
     let bar = ProgressBar::new_spinner();
     if json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -425,6 +461,7 @@ fn main() -> Result<ExitCode> {
         }
         Command::Bea {
             models: kinds,
+            networks,
             no_fashion_mnist,
             h_max,
             h_min,
@@ -445,7 +482,7 @@ fn main() -> Result<ExitCode> {
                 seed,
                 ..SuiteParams::default()
             };
-            bea(kinds, no_fashion_mnist, params, json)
+            bea(kinds, networks, no_fashion_mnist, params, json)
         }
     }
 }

@@ -21,14 +21,17 @@ mod sgd;
 mod suite;
 
 pub use sgd::{Orderings, SgdMeasurement, equal_partition, orderings, sgd_coefficient, sgd_epoch, sgd_epoch_order};
-pub use suite::{Check, SuiteModel, SuiteParams, local_order_curve, run_suite, suite_models};
+pub use suite::{
+    Check, CoefficientCurve, SuiteModel, SuiteNetwork, SuiteObjective, SuiteParams, local_order_curve, run_suite,
+    suite_models,
+};
 
 use itertools::Itertools;
 use ndarray::{Array1, ArrayView1};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::integrate::{AdaptiveParams, Field, dormand_prince};
 use crate::objective::{FiniteSum, Objective};
@@ -362,8 +365,14 @@ pub fn gd_global_order<O: Objective + ?Sized>(
     order_measurement(&hs, errors, &ratios)
 }
 
+/// An `f64` written by `serde_json`, which writes NaN and infinities as `null`: `null` reads
+/// back as NaN.
+pub(crate) fn f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// A coefficient measured at several step sizes and extrapolated to $h \to 0$.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CoefficientMeasurement {
     /// Step sizes.
     pub hs: Vec<f64>,
@@ -371,13 +380,17 @@ pub struct CoefficientMeasurement {
     pub per_h: Vec<f64>,
     /// The extrapolated coefficient (intercept of the line through $(h, c(h))$, or the mean of
     /// per-ordering intercepts for sampled orderings).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub estimate: f64,
     /// Its standard error.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub stderr: f64,
     /// At the smallest $h$: the part of the measured displacement not along the regressor,
     /// relative to the displacement ($O(h)$ when the modified field is along the regressor).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub unexplained: f64,
     /// As in [`OrderMeasurement::reference_error_ratio`].
+    #[serde(deserialize_with = "f64_or_nan")]
     pub reference_error_ratio: f64,
 }
 

@@ -1,28 +1,68 @@
 //! The suite behind `fullbatch bea`: every backward-error check on a set of models, as rows
 //! `{check, model, measured, stderr, expected, tolerance, pass}`.
 
-use ndarray::ArrayView1;
-use serde::Serialize;
+use ndarray::{Array1, ArrayView1};
+use serde::{Deserialize, Serialize};
 
 use super::{
-    GdFlow, OrderMeasurement, Orderings, RangeSearch, asymptotic_order, equal_partition, gd_coefficient,
-    gd_global_order, gd_local_order, momentum_coefficient, momentum_coefficient_claim, sgd_coefficient_asymptotic,
-    sgd_epoch_order,
+    CoefficientMeasurement, GdFlow, OrderMeasurement, Orderings, RangeSearch, asymptotic_order, equal_partition,
+    f64_or_nan, gd_coefficient, gd_global_order, gd_local_order, momentum_coefficient, momentum_coefficient_claim,
+    sgd_coefficient_asymptotic, sgd_epoch_order,
 };
 use crate::data::fashion_mnist;
 use crate::derivative_check::geometric_steps;
 use crate::integrate::AdaptiveParams;
-use crate::models::{self, Activation, ModelInstance, ModelKind, OutputLoss};
+use crate::models::{self, Activation, Model, ModelInstance, ModelKind, OutputLoss};
 use crate::objective::{FiniteSum, Minibatch, Objective};
 use crate::optim::Momentum;
 use crate::{Choice, Result};
 
-/// A model the suite runs on, with its name in the output.
+/// A model the suite runs on: any [`Objective`], toy or network. A [`FiniteSum`] also gets
+/// the SGD checks.
+pub enum SuiteObjective {
+    /// A loss without example structure: the GD and momentum checks.
+    Smooth(Box<dyn Objective>),
+    /// A mean over examples (or over BatchNorm groups): every check.
+    FiniteSum(Box<dyn FiniteSum>),
+}
+
+impl SuiteObjective {
+    /// The model as an objective.
+    pub fn objective(&self) -> &dyn Objective {
+        match self {
+            SuiteObjective::Smooth(o) => o.as_ref(),
+            SuiteObjective::FiniteSum(f) => f.as_ref(),
+        }
+    }
+
+    /// The model as a finite sum, when it is one.
+    pub fn finite_sum(&self) -> Option<&dyn FiniteSum> {
+        match self {
+            SuiteObjective::Smooth(_) => None,
+            SuiteObjective::FiniteSum(f) => Some(f.as_ref()),
+        }
+    }
+}
+
+/// A model the suite runs on, with its name in the output and its start point.
 pub struct SuiteModel {
     /// Name in the output.
     pub name: String,
-    /// The model and its start point.
-    pub instance: ModelInstance,
+    /// The model.
+    pub objective: SuiteObjective,
+    /// The point every check starts from.
+    pub theta0: Array1<f64>,
+}
+
+impl SuiteModel {
+    /// A catalogue model with its start point.
+    pub fn from_instance(name: impl Into<String>, instance: ModelInstance) -> Self {
+        let objective = match instance.model {
+            Model::Quadratic(q) => SuiteObjective::Smooth(Box::new(q)),
+            Model::Network(n) => SuiteObjective::FiniteSum(Box::new(n)),
+        };
+        SuiteModel { name: name.into(), objective, theta0: instance.theta0 }
+    }
 }
 
 /// Parameters of [`run_suite`]. Step sizes are relative to the model's time scale
@@ -115,16 +155,58 @@ impl SuiteParams {
     }
 }
 
+/// The burn networks the suite runs on (`fullbatch bea --network`, in a build with the `burn`
+/// feature: `deep::bea_suite::suite_network` builds them). The names are here, in
+/// every build, so that a build without burn can list them and say what it lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuiteNetwork {
+    /// The catalogue's `mlp-tanh-mse` written in burn ([`crate::deep::mlp::BurnMlp`]): every
+    /// number should equal the toy model's.
+    BurnMlpTanhMse,
+    /// A ResNet of width 4 with stages [1, 1] and GELU, on 8 synthetic 8x8 images of 4
+    /// classes, BatchNorm in train mode over 4 groups of 2 images (ghost BatchNorm: the
+    /// finite sum SGD with 4 minibatches sees).
+    ResnetGelu,
+    /// The same ResNet with softplus.
+    ResnetSoftplus,
+}
+
+impl Choice for SuiteNetwork {
+    const WHAT: &'static str = "network";
+    const ALL: &'static [Self] =
+        &[SuiteNetwork::BurnMlpTanhMse, SuiteNetwork::ResnetGelu, SuiteNetwork::ResnetSoftplus];
+
+    fn name(self) -> &'static str {
+        match self {
+            SuiteNetwork::BurnMlpTanhMse => "burn-mlp-tanh-mse",
+            SuiteNetwork::ResnetGelu => "resnet-gelu",
+            SuiteNetwork::ResnetSoftplus => "resnet-softplus",
+        }
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            SuiteNetwork::BurnMlpTanhMse => "mlp-tanh-mse written in burn (f64 on Flex); must agree with the toy model",
+            SuiteNetwork::ResnetGelu => {
+                "ResNet width 4, stages [1, 1], GELU, 8 synthetic 8x8 images, BatchNorm over 4 groups (f64 on Flex)"
+            }
+            SuiteNetwork::ResnetSoftplus => "The same ResNet with softplus",
+        }
+    }
+}
+
 /// One row of the suite's output.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Check {
     /// Check name, e.g. `gd_local_order_first`.
     pub check: String,
     /// Model name.
     pub model: String,
     /// The measured value.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub measured: f64,
     /// Its standard error.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub stderr: f64,
     /// The value the theory predicts.
     pub expected: f64,
@@ -134,7 +216,21 @@ pub struct Check {
     /// (reference error bound below 1% of the measured effect).
     pub pass: bool,
     /// Largest ratio of the reference flow's error bound to the measured quantity.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub reference_error_ratio: f64,
+    /// For the coefficient checks: the curve $c(h)$ the value is extrapolated from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve: Option<CoefficientCurve>,
+}
+
+/// A coefficient's $c(h)$ and the unit its step sizes are naturally measured in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CoefficientCurve {
+    /// The step sizes' unit: $\tau$ for GD, $1/(m\,\text{rate})$ for SGD (so that $h$ over
+    /// it is the epoch time over $\tau_{\text{SGD}}$), $(1-\beta)^2\tau$ for momentum.
+    pub step_unit: f64,
+    /// The measurement.
+    pub measurement: CoefficientMeasurement,
 }
 
 /// Tolerance on fitted orders (the 0.15).
@@ -164,7 +260,22 @@ fn row(
         tolerance,
         pass: (measured - expected).abs() <= tolerance && reference_error_ratio < REFERENCE_RATIO,
         reference_error_ratio,
+        curve: None,
     }
+}
+
+/// The row of a coefficient check, with its curve.
+fn coefficient_row(
+    check: &str,
+    model: &str,
+    c: CoefficientMeasurement,
+    expected: f64,
+    tolerance: f64,
+    step_unit: f64,
+) -> Check {
+    let mut r = row(check, model, c.estimate, c.stderr, expected, tolerance, c.reference_error_ratio);
+    r.curve = Some(CoefficientCurve { step_unit, measurement: c });
+    r
 }
 
 /// The default models: the catalogue's quadratic, logistic regression and tanh MLP, and a tanh
@@ -176,7 +287,7 @@ fn row(
 pub fn suite_models(kinds: &[ModelKind], fashion_mnist: bool, seed: u64) -> Result<Vec<SuiteModel>> {
     let mut out = Vec::new();
     for &kind in kinds {
-        out.push(SuiteModel { name: kind.name().into(), instance: kind.instance(seed)? });
+        out.push(SuiteModel::from_instance(kind.name(), kind.instance(seed)?));
     }
     if fashion_mnist {
         let data = fashion_mnist::load(
@@ -184,7 +295,7 @@ pub fn suite_models(kinds: &[ModelKind], fashion_mnist: bool, seed: u64) -> Resu
             &fashion_mnist::LoadOptions { subset: Some(64), seed, ..fashion_mnist::LoadOptions::default() },
         )?;
         let net = models::mlp(&data, &[8], 10, Activation::Tanh, OutputLoss::SoftmaxCrossEntropy)?;
-        out.push(SuiteModel { name: "fashion-mnist-mlp".into(), instance: ModelInstance::network(net, seed) });
+        out.push(SuiteModel::from_instance("fashion-mnist-mlp", ModelInstance::network(net, seed)));
     }
     Ok(out)
 }
@@ -226,8 +337,8 @@ pub fn run_suite(models: &[SuiteModel], params: &SuiteParams, mut progress: impl
     let p = &params.reference;
     for model in models {
         let name = model.name.as_str();
-        let obj = model.instance.objective();
-        let theta = model.instance.theta0.view();
+        let obj = model.objective.objective();
+        let theta = model.theta0.view();
         let (tau, hs) = params.gd_steps(obj, theta);
 
         for (check, flow) in [
@@ -264,18 +375,10 @@ pub fn run_suite(models: &[SuiteModel], params: &SuiteParams, mut progress: impl
         }
         progress(&format!("{name}: gd_coefficient"));
         let c = gd_coefficient(obj, theta, &hs, p)?;
-        rows.push(row(
-            "gd_coefficient",
-            name,
-            c.estimate,
-            c.stderr,
-            0.25,
-            0.25 * GD_COEFFICIENT_TOLERANCE,
-            c.reference_error_ratio,
-        ));
+        rows.push(coefficient_row("gd_coefficient", name, c, 0.25, 0.25 * GD_COEFFICIENT_TOLERANCE, tau));
 
-        if let Some(fs) = model.instance.finite_sum() {
-            let (batches, _, sgd_hs) = params.sgd_steps(fs, theta, tau)?;
+        if let Some(fs) = model.objective.finite_sum() {
+            let (batches, rate, sgd_hs) = params.sgd_steps(fs, theta, tau)?;
             let which = if params.sampled_orderings == 0 {
                 Orderings::All
             } else {
@@ -311,14 +414,13 @@ pub fn run_suite(models: &[SuiteModel], params: &SuiteParams, mut progress: impl
             let s = sgd_coefficient_asymptotic(fs, theta, &batches, &sgd_hs, which, p, &params.range)?;
             let expected = 1.0 / (4.0 * m);
             let ratio = s.coefficient.reference_error_ratio;
-            rows.push(row(
+            rows.push(coefficient_row(
                 "sgd_coefficient",
                 name,
-                s.coefficient.estimate,
-                s.coefficient.stderr,
+                s.coefficient,
                 expected,
                 expected * COEFFICIENT_TOLERANCE,
-                ratio,
+                1.0 / (m * rate),
             ));
             rows.push(row("sgd_split_gd_part", name, s.gd_part, s.part_stderr.0, 1.0, COEFFICIENT_TOLERANCE, ratio));
             rows.push(row(
@@ -340,15 +442,8 @@ pub fn run_suite(models: &[SuiteModel], params: &SuiteParams, mut progress: impl
             let mhs = params.momentum_steps(&hs);
             let c = momentum_coefficient(obj, theta, momentum, &mhs, p)?;
             let claim = momentum_coefficient_claim(momentum);
-            rows.push(row(
-                check,
-                name,
-                c.estimate,
-                c.stderr,
-                claim,
-                claim * COEFFICIENT_TOLERANCE,
-                c.reference_error_ratio,
-            ));
+            let unit = (1.0 - params.beta).powi(2) * tau;
+            rows.push(coefficient_row(check, name, c, claim, claim * COEFFICIENT_TOLERANCE, unit));
         }
     }
     Ok(rows)

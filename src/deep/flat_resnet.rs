@@ -1,16 +1,24 @@
 //! A small CIFAR-style ResNet written in burn, evaluated in `f64` on burn's Flex CPU backend, as
-//! an [`Objective`] over a flat parameter vector: backward-error analysis
+//! an [`Objective`] and a [`FiniteSum`] over a flat parameter vector: backward-error analysis
 //! ([`crate::bea`]) on a convolutional network with BatchNorm, run by the unchanged harness.
 //!
 //! The architecture is [`super::resnet::ResNet`]'s in miniature: a 3x3 stem convolution, stages
 //! of basic blocks (two 3x3 convolutions; the first block of every stage after the first halves
 //! the resolution and projects its shortcut with a 1x1 convolution), BatchNorm after every
-//! convolution, global average pooling and a linear head, softmax cross-entropy. BatchNorm runs
-//! in training mode on the full batch: its statistics are part of the function. (It is
-//! therefore not a finite sum: a minibatch's loss normalises with the minibatch's statistics, so
-//! the full loss is not the mean of minibatch losses, and SGD's modified loss needs the blocks
-//! fixed in the definition of the loss, as ghost BatchNorm does. Not done here.) The activation is a choice: ReLU (as in the paper) or a smooth one, since the
-//! backward-error expansion assumes derivatives of every order.
+//! convolution, global average pooling and a linear head, softmax cross-entropy. The activation
+//! is a choice: ReLU (as in the paper) or a smooth one, since the backward-error expansion
+//! assumes derivatives of every order.
+//!
+//! BatchNorm runs in training mode, so its statistics are part of the function. The images are
+//! split into [`FlatResNetSpec::batch_norm_groups`] consecutive groups of equal size, each
+//! normalised with its own statistics (ghost BatchNorm), and the loss is the mean of the groups'
+//! losses:
+//! $$L(\theta) = \frac1G \sum_{g=1}^G L_g(\theta),$$
+//! which makes the network a finite sum whose "examples" are the groups. With one group this is
+//! BatchNorm on the full batch. With $G = m$ groups it is what SGD with $m$ minibatches per
+//! epoch sees, minibatch $k$ normalised by its own statistics, and GD on $L$ is the paper's
+//! full-batch step (gradients accumulated over blocks, each block normalised by itself): both
+//! optimizers then descend one loss, so SGD's modified loss is well defined.
 //!
 //! Precision and HVP as in [`super::mlp`]: `f64` tensors on Flex, gradients by burn's reverse
 //! mode, the HVP by a central difference of two gradients.
@@ -26,9 +34,10 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
+use super::Cpu;
 use super::mlp::{f64_tensor, forward, reverse_mode, softplus};
 use crate::data::cifar::ImageSet;
-use crate::objective::{Objective, central_difference_along};
+use crate::objective::{FiniteSum, Objective, central_difference_along};
 use crate::{Error, Result};
 
 /// The activation of a [`FlatResNet`].
@@ -52,6 +61,9 @@ pub struct FlatResNetSpec {
     pub blocks: Vec<usize>,
     /// The activation.
     pub activation: ResNetActivation,
+    /// BatchNorm's groups $G$: the images are split into $G$ consecutive groups of equal size,
+    /// each normalised with its own statistics; 1 is BatchNorm on the full batch.
+    pub batch_norm_groups: usize,
 }
 
 /// BatchNorm's $\epsilon$ (burn's and PyTorch's default).
@@ -99,6 +111,8 @@ pub struct FlatResNet {
     dim: usize,
     /// `n * channels * side * side` pixels in $[-1, 1]$.
     images: Vec<f64>,
+    /// Images per BatchNorm group.
+    group_size: usize,
     image_shape: [usize; 3],
     labels: Vec<usize>,
 }
@@ -107,7 +121,8 @@ impl FlatResNet {
     /// The network of `spec` on `data` (every image), pixels mapped to $[-1, 1]$.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] for a zero width, no stage or an empty stage, or no images.
+    /// [`Error::InvalidParameter`] for a zero width, no stage or an empty stage, no images, or
+    /// a number of BatchNorm groups that is zero or does not divide the number of images.
     pub fn new(spec: FlatResNetSpec, data: &ImageSet) -> Result<Self> {
         if spec.width == 0 || spec.blocks.is_empty() || spec.blocks.contains(&0) {
             return Err(Error::invalid("resnet", "width and every stage's block count must be positive"));
@@ -115,6 +130,13 @@ impl FlatResNet {
         let n = data.labels.len();
         if n == 0 {
             return Err(Error::invalid("data", "no images"));
+        }
+        let groups = spec.batch_norm_groups;
+        if groups == 0 || n % groups != 0 {
+            return Err(Error::invalid(
+                "batch_norm_groups",
+                format!("{groups} groups do not split {n} images into equal groups"),
+            ));
         }
         let mut offset = 0;
         let mut slot = |len: usize| {
@@ -159,6 +181,7 @@ impl FlatResNet {
             classes,
             dim,
             images: data.pixels.iter().map(|&p| f64::from(p) / 127.5 - 1.0).collect(),
+            group_size: n / groups,
             image_shape: [data.channels, data.height, data.width],
             labels: data.labels.iter().map(|&l| usize::from(l)).collect(),
         })
@@ -190,19 +213,39 @@ impl FlatResNet {
         theta
     }
 
-    /// The mean cross-entropy at `theta` over every image.
-    fn loss_tensor<B: Backend>(&self, theta: Tensor<B, 1>) -> Tensor<B, 1> {
+    /// The mean cross-entropy at `theta` over the images of BatchNorm groups `groups` (with
+    /// multiplicity), each group normalised by its own statistics. `observe` sees every
+    /// activation's input.
+    fn loss_tensor<B: Backend>(
+        &self,
+        theta: Tensor<B, 1>,
+        groups: &[usize],
+        mut observe: impl FnMut(&Tensor<B, 4>),
+    ) -> Tensor<B, 1> {
         let device = theta.device();
         let [c, h, w] = self.image_shape;
-        let n = self.labels.len();
-        let x = f64_tensor::<B, 4>(self.images.clone(), [n, c, h, w], &device);
-        let act = |t: Tensor<B, 4>| activate(t, self.spec.activation);
-        let mut a = act(self.conv_bn(&theta, x, &self.stem));
+        let per_image = c * h * w;
+        let b = self.group_size;
+        let n = groups.len() * b;
+        let mut pixels = Vec::with_capacity(n * per_image);
+        let mut labels = Vec::with_capacity(n);
+        for &g in groups {
+            assert!(g < self.spec.batch_norm_groups, "BatchNorm group {g} of {}", self.spec.batch_norm_groups);
+            pixels.extend_from_slice(&self.images[g * b * per_image..(g + 1) * b * per_image]);
+            labels.extend_from_slice(&self.labels[g * b..(g + 1) * b]);
+        }
+        let x = f64_tensor::<B, 4>(pixels, [n, c, h, w], &device);
+        let k = groups.len();
+        let mut act = |t: Tensor<B, 4>| {
+            observe(&t);
+            activate(t, self.spec.activation)
+        };
+        let mut a = act(self.conv_bn(&theta, x, &self.stem, k));
         for block in &self.blocks {
-            let y = act(self.conv_bn(&theta, a.clone(), &block.conv1));
-            let y = self.conv_bn(&theta, y, &block.conv2);
+            let y = act(self.conv_bn(&theta, a.clone(), &block.conv1, k));
+            let y = self.conv_bn(&theta, y, &block.conv2, k);
             let shortcut = match &block.shortcut {
-                Some(s) => self.conv_bn(&theta, a, s),
+                Some(s) => self.conv_bn(&theta, a, s, k),
                 None => a,
             };
             a = act(y + shortcut);
@@ -212,26 +255,81 @@ impl FlatResNet {
         let bias = take(&theta, self.head_bias).reshape([1, self.classes]);
         let logits = pooled.matmul(weight.transpose()) + bias;
         let mut onehot = vec![0.0; n * self.classes];
-        for (r, &label) in self.labels.iter().enumerate() {
+        for (r, &label) in labels.iter().enumerate() {
             onehot[r * self.classes + label] = 1.0;
         }
         let y = f64_tensor::<B, 2>(onehot, [n, self.classes], &device);
         (y * log_softmax(logits, 1)).sum_dim(1).reshape([n]).mean().neg()
     }
 
-    /// Convolution (no bias, padding 1 for 3x3) and BatchNorm with the batch's statistics
-    /// (biased variance), then $\gamma$ and $\beta$.
-    fn conv_bn<B: Backend>(&self, theta: &Tensor<B, 1>, x: Tensor<B, 4>, c: &ConvBn) -> Tensor<B, 4> {
+    /// Convolution (no bias, padding 1 for 3x3) and BatchNorm over each of the `k` consecutive
+    /// groups of the batch with the group's statistics (biased variance), then $\gamma$ and
+    /// $\beta$.
+    fn conv_bn<B: Backend>(&self, theta: &Tensor<B, 1>, x: Tensor<B, 4>, c: &ConvBn, k: usize) -> Tensor<B, 4> {
         let weight = take(theta, c.weight).reshape([c.out_ch, c.in_ch, c.kernel, c.kernel]);
         let pad = c.kernel / 2;
         let z = conv2d(x, weight, None, ConvOptions::new([c.stride; 2], [pad; 2], [1, 1], 1));
-        let mean = z.clone().mean_dim(0).mean_dim(2).mean_dim(3);
+        let [n, ch, h, w] = z.dims();
+        let z: Tensor<B, 5> = z.reshape([k, n / k, ch, h, w]);
+        let mean = z.clone().mean_dim(1).mean_dim(3).mean_dim(4);
         let centred = z - mean;
-        let var = centred.clone().powi_scalar(2).mean_dim(0).mean_dim(2).mean_dim(3);
-        let normed = centred / (var + BN_EPS).sqrt();
+        let var = centred.clone().powi_scalar(2).mean_dim(1).mean_dim(3).mean_dim(4);
+        let normed: Tensor<B, 4> = (centred / (var + BN_EPS).sqrt()).reshape([n, ch, h, w]);
         let gamma = take(theta, c.gamma).reshape([1, c.out_ch, 1, 1]);
         let beta = take(theta, c.beta).reshape([1, c.out_ch, 1, 1]);
         normed * gamma + beta
+    }
+
+    /// Every BatchNorm group, in order: the full loss's.
+    fn all_groups(&self) -> Vec<usize> {
+        (0..self.spec.batch_norm_groups).collect()
+    }
+
+    /// The sign ($> 0$) of every activation's input at `theta`, over every image, in a fixed
+    /// order: with ReLU, the side of every kink the point lies on. The loss is analytic in
+    /// $\theta$ wherever this pattern is constant.
+    pub fn activation_pattern(&self, theta: ArrayView1<f64>) -> Vec<bool> {
+        let mut signs = Vec::new();
+        let device = Default::default();
+        let t = f64_tensor::<Cpu, 1>(theta.iter().copied().collect(), [theta.len()], &device);
+        let _ = self.loss_tensor(t, &self.all_groups(), |z: &Tensor<Cpu, 4>| {
+            let data = z.clone().into_data().convert::<f64>();
+            signs.extend(data.iter::<f64>().map(|v| v > 0.0));
+        });
+        signs
+    }
+
+    /// The first kink on the segment $\theta + s\,d$, $0 < s \le s_{\max}$: the smallest $s$
+    /// at which [`Self::activation_pattern`] differs from its value at $\theta$, located by
+    /// halving $s_{\max}$ until the pattern agrees, then 40 bisections (to $2^{-40}$ of the
+    /// bracket). Returns $s_{\max}$ when the pattern at $s_{\max}$ agrees, and 0 when no
+    /// halving of $s_{\max}$ (60 tried) does. A kink crossed and crossed back between two of
+    /// the points tried is not seen.
+    pub fn first_kink_along(&self, theta: ArrayView1<f64>, direction: ArrayView1<f64>, s_max: f64) -> f64 {
+        let base = self.activation_pattern(theta);
+        let agrees = |s: f64| self.activation_pattern((&theta + &(&direction * s)).view()) == base;
+        if agrees(s_max) {
+            return s_max;
+        }
+        let (mut same, mut differs) = (s_max / 2.0, s_max);
+        let mut halvings = 1;
+        while !agrees(same) {
+            if halvings == 60 {
+                return 0.0;
+            }
+            differs = same;
+            same /= 2.0;
+            halvings += 1;
+        }
+        for _ in 0..40 {
+            let mid = 0.5 * (same + differs);
+            if agrees(mid) {
+                same = mid;
+            } else {
+                differs = mid;
+            }
+        }
+        same
     }
 }
 
@@ -248,24 +346,53 @@ fn activate<B: Backend, const D: usize>(x: Tensor<B, D>, activation: ResNetActiv
     }
 }
 
+impl FlatResNet {
+    fn loss_and_gradient_on(&self, theta: ArrayView1<f64>, groups: &[usize]) -> (f64, Array1<f64>) {
+        reverse_mode(theta, |t| self.loss_tensor(t, groups, |_| {}))
+    }
+
+    fn loss_on(&self, theta: ArrayView1<f64>, groups: &[usize]) -> f64 {
+        forward(theta, |t| self.loss_tensor(t, groups, |_| {}))
+    }
+}
+
 impl Objective for FlatResNet {
     fn dim(&self) -> usize {
         self.dim
     }
 
     fn loss(&self, theta: ArrayView1<f64>) -> f64 {
-        forward(theta, |t| self.loss_tensor(t))
+        self.loss_on(theta, &self.all_groups())
     }
 
     fn gradient(&self, theta: ArrayView1<f64>) -> Array1<f64> {
-        reverse_mode(theta, |t| self.loss_tensor(t)).1
+        self.loss_and_gradient_on(theta, &self.all_groups()).1
     }
 
     fn loss_and_gradient(&self, theta: ArrayView1<f64>) -> (f64, Array1<f64>) {
-        reverse_mode(theta, |t| self.loss_tensor(t))
+        self.loss_and_gradient_on(theta, &self.all_groups())
     }
 
     fn hvp(&self, theta: ArrayView1<f64>, v: ArrayView1<f64>) -> Array1<f64> {
         central_difference_along(|p| self.gradient(p), theta, v)
+    }
+}
+
+/// The "examples" are the BatchNorm groups: a minibatch is a list of group indices.
+impl FiniteSum for FlatResNet {
+    fn n_examples(&self) -> usize {
+        self.spec.batch_norm_groups
+    }
+
+    fn batch_loss(&self, theta: ArrayView1<f64>, batch: &[usize]) -> f64 {
+        self.loss_on(theta, batch)
+    }
+
+    fn batch_gradient(&self, theta: ArrayView1<f64>, batch: &[usize]) -> Array1<f64> {
+        self.loss_and_gradient_on(theta, batch).1
+    }
+
+    fn batch_hvp(&self, theta: ArrayView1<f64>, batch: &[usize], v: ArrayView1<f64>) -> Array1<f64> {
+        central_difference_along(|p| self.batch_gradient(p, batch), theta, v)
     }
 }

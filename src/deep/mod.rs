@@ -35,6 +35,7 @@
 //! Randomness: no burn random op is used. Weights are drawn from a ChaCha8 generator with an
 //! explicit seed, on the host, and uploaded; shuffles take explicit seeds too.
 
+pub mod bea_suite;
 pub mod bench;
 pub use crate::run_dir::config;
 pub mod device;
