@@ -38,14 +38,17 @@ fn unknown_model_is_rejected() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("resnet"));
 }
 
-/// In a build without burn, `fullbatch train` and `fullbatch device` exist and say which feature
-/// to build with
-/// (exit 2), whatever its options, instead of clap's "unrecognized subcommand".
+/// In a build without burn, `fullbatch train`, `fullbatch device` and `fullbatch bea --network`
+/// exist and say which feature to build with (exit 2), whatever their options, instead of
+/// clap's "unrecognized subcommand" or "invalid value".
 #[cfg(not(feature = "burn"))]
 #[test]
 fn train_without_burn_names_the_feature() {
-    for args in [&["train", "--config", "experiments/cifar10/sgd.toml", "--backend", "cuda"][..], &["device", "bench"]]
-    {
+    for args in [
+        &["train", "--config", "experiments/cifar10/sgd.toml", "--backend", "cuda"][..],
+        &["device", "bench"],
+        &["bea", "--network", "resnet-gelu"],
+    ] {
         let out = Command::new(env!("CARGO_BIN_EXE_fullbatch")).args(args).output().expect("run fullbatch");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);

@@ -12,6 +12,7 @@ use fullbatch::data;
 use fullbatch::derivative_check::{DerivativeCheckParams, check_model};
 use fullbatch::experiment::{ExperimentConfig, FIGURE_EXPERIMENTS, read_log, run_cached};
 use fullbatch::figures::bea_coefficients::measure_coefficients;
+use fullbatch::figures::bea_networks::read_network_coefficients;
 use fullbatch::figures::cifar_results::collect_cifar_runs;
 use fullbatch::figures::ledger::collect_ledger_runs;
 use fullbatch::figures::{FIGURES, FigureInputs, SharpnessFigureData, ToyExperimentData};
@@ -47,6 +48,10 @@ struct Cli {
     /// under `--runs`); the committed small CPU runs by default.
     #[arg(long, default_value = "experiments/results/ledger")]
     ledger_runs: PathBuf,
+    /// The backward-error suite's rows on burn networks (`fullbatch bea --network ... --json`,
+    /// a build with the `burn` feature); a missing file means none.
+    #[arg(long, default_value = "experiments/results/bea/networks-seed0.json")]
+    bea_networks: PathBuf,
 }
 
 /// The sharpness figure's model: a tanh MLP 20-40-4 with cross-entropy on 256 teacher-student
@@ -179,10 +184,17 @@ fn main() -> Result<()> {
         cli.runs.display(),
         ledger_runs.len()
     );
+    let network_coefficients = read_network_coefficients(&cli.bea_networks)?;
+    println!(
+        "backward-error rows on burn networks in {}: {}",
+        cli.bea_networks.display(),
+        network_coefficients.rows.len()
+    );
     let inputs = FigureInputs {
         derivative_reports: reports,
         bea_orders: bea_curves,
         coefficients,
+        network_coefficients,
         sharpness,
         generalisation,
         edge_of_stability,

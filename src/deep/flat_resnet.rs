@@ -132,7 +132,7 @@ impl FlatResNet {
             return Err(Error::invalid("data", "no images"));
         }
         let groups = spec.batch_norm_groups;
-        if groups == 0 || n % groups != 0 {
+        if groups == 0 || !n.is_multiple_of(groups) {
             return Err(Error::invalid(
                 "batch_norm_groups",
                 format!("{groups} groups do not split {n} images into equal groups"),

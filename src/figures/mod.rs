@@ -2,6 +2,7 @@
 //! results, so that tests can draw them too.
 
 pub mod bea_coefficients;
+pub mod bea_networks;
 pub mod cifar_results;
 pub mod ledger;
 pub mod training;
@@ -12,6 +13,7 @@ use crate::experiment::{Evaluation, ExperimentResults};
 use crate::optim::Momentum;
 use crate::plot::{Figure, Legend, Mark, Panel, Scale, Series};
 use bea_coefficients::{CoefficientFigureData, bea_coefficient_figure};
+use bea_networks::{NetworkCoefficients, bea_network_figure};
 use cifar_results::{CifarRun, cifar_results_figure};
 use ledger::{LedgerRun, regulariser_ledger_figure};
 use training::{lr_sweep_figure, modified_flow_figure, spectral_density_figure};
@@ -34,6 +36,8 @@ pub struct FigureInputs {
     pub bea_orders: Vec<ModelOrderCurves>,
     /// Measured implicit-regulariser coefficients.
     pub coefficients: CoefficientFigureData,
+    /// The same coefficients measured on burn networks (read from the suite's JSON).
+    pub network_coefficients: NetworkCoefficients,
     /// The sharpness figure's spectra.
     pub sharpness: SharpnessFigureData,
     /// `experiments/toy/generalisation.toml`.
@@ -64,7 +68,7 @@ pub struct FigureEntry {
 
 /// Every figure the figures binary draws, in its order: the binary draws and indexes these, and
 /// the tests check the files and the README's count against this list.
-pub const FIGURES: [FigureEntry; 11] = [
+pub const FIGURES: [FigureEntry; 12] = [
     FigureEntry {
         stem: "derivative_check",
         shows: "finite-difference error of the gradient and HVP against the exact ones vs the difference step, per toy model (V shape: the exact derivatives are right)",
@@ -79,6 +83,11 @@ pub const FIGURES: [FigureEntry; 11] = [
         stem: "bea_coefficients",
         shows: "implicit-regulariser coefficients derived from iterates on 7 toy models vs theory: GD 1/4, SGD 1/(4m) with its GD/variance split, heavy-ball and Nesterov claims at beta = 0.9, as deviation from theory in ppm with +-2 s.e. bars (top), and c(h) against the step size with the linear extrapolation to h = 0 that gives each estimate (bottom)",
         build: |i| bea_coefficient_figure(&i.coefficients),
+    },
+    FigureEntry {
+        stem: "bea_networks",
+        shows: "the same four coefficients on networks written in burn (f64): the twin of the toy tanh MLP and two ResNets (width 4, BatchNorm over 4 ghost groups, GELU and softplus), as deviation from theory in ppm (top) and c(h) beside the toy models' (bottom); from experiments/results/bea/networks-seed0.json",
+        build: |i| bea_network_figure(&i.network_coefficients, &i.coefficients),
     },
     FigureEntry {
         stem: "sharpness",
