@@ -52,16 +52,17 @@ enum Command {
         /// Learning rate of those steps.
         #[arg(long, default_value_t = 0.1)]
         lr: f64,
-        /// Number of eigenvalues.
-        #[arg(long, default_value_t = 3)]
-        k: usize,
+        /// Number of eigenvalues (default: 3 for a toy model, 1 for --run).
+        #[arg(long)]
+        k: Option<usize>,
         /// Which end of the spectrum Lanczos computes (power iteration always finds the largest
         /// magnitudes, as in PyHessian).
         #[arg(long, value_parser = choice::<Which>(), default_value = "largest")]
         which: Which,
-        /// Relative residual tolerance of Lanczos.
-        #[arg(long, default_value_t = 1e-10)]
-        tol: f64,
+        /// Relative residual tolerance of Lanczos (default: 1e-10 for a toy model, 1e-2 for
+        /// --run, whose operator is a finite difference of f32 gradients).
+        #[arg(long)]
+        tol: Option<f64>,
         /// Seed of data, start point and random vectors.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -72,6 +73,38 @@ enum Command {
         /// this directory (check them with `python3 scripts/check_export.py DIR`).
         #[arg(long, value_name = "DIR")]
         export: Option<PathBuf>,
+        /// Measure a saved `fullbatch train` run instead of a toy model: the Hessian of its
+        /// training loss at a checkpoint (needs a build with the `burn` feature).
+        #[arg(long, value_name = "DIR")]
+        run: Option<PathBuf>,
+        /// With --run: the checkpoint after this step (default: the latest).
+        #[arg(long, requires = "run")]
+        step: Option<usize>,
+        /// With --run on CIFAR-10: the data directory (or FULLBATCH_CIFAR10).
+        #[arg(long, value_name = "DIR", requires = "run")]
+        data: Option<PathBuf>,
+        /// With --run: BatchNorm with each block's statistics (train) or the running ones (eval).
+        #[arg(long, value_parser = ["train", "eval"], default_value = "train", requires = "run")]
+        bn_mode: String,
+        /// With --run: the first this many un-augmented training images (default: all).
+        #[arg(long, requires = "run")]
+        max_images: Option<usize>,
+        /// With --run: budget of Hessian-vector products for the eigenvalues.
+        #[arg(long, default_value_t = 100, requires = "run")]
+        max_hvps: usize,
+        /// With --run: the finite-difference step relative to max(|theta|, 1).
+        #[arg(long, default_value_t = 1e-3, requires = "run")]
+        eps_rel: f64,
+        /// With --run: Hutch++ trace with this many products (0: none).
+        #[arg(long, default_value_t = 0, requires = "run")]
+        trace: usize,
+        /// With --run: SLQ spectral density with this many probes of 40 products (0: none).
+        #[arg(long, default_value_t = 0, requires = "run")]
+        density: usize,
+        /// With --run: also measure the operator's own error (repeatability, symmetry,
+        /// linearity, and how a product moves with the step; about 9 products).
+        #[arg(long, requires = "run")]
+        diagnose: bool,
     },
     /// Backward-error analysis: measure the orders and coefficients of the modified flows of
     /// GD, SGD and momentum on toy models, and compare them with the theory.
@@ -455,9 +488,66 @@ fn main() -> Result<ExitCode> {
         Command::Device { .. } => without_burn("device"),
         Command::Models { models: kinds, seed, json } => models(kinds, seed, json),
         Command::Toy(args) => toy_cmd::toy(args),
-        Command::Sharpness { model, train_steps, lr, k, which, tol, seed, json, export } => {
-            sharpness(SharpnessArgs { model, train_steps, lr, k, which, tol, seed, json, export })
-        }
+        Command::Sharpness {
+            model,
+            train_steps,
+            lr,
+            k,
+            which,
+            tol,
+            seed,
+            json,
+            export,
+            run,
+            step,
+            data,
+            bn_mode,
+            max_images,
+            max_hvps,
+            eps_rel,
+            trace,
+            density,
+            diagnose,
+        } => match run {
+            #[cfg(feature = "burn")]
+            Some(run) => network_sharpness_cmd::network_sharpness(network_sharpness_cmd::NetworkSharpnessArgs {
+                run,
+                step,
+                data,
+                k: k.unwrap_or(1),
+                which,
+                tol: tol.unwrap_or(fullbatch::deep::config::DEFAULT_TOL),
+                bn_mode: if bn_mode == "eval" {
+                    fullbatch::deep::config::BatchNormMode::Eval
+                } else {
+                    fullbatch::deep::config::BatchNormMode::Train
+                },
+                max_images,
+                max_hvps,
+                eps_rel,
+                trace,
+                density,
+                diagnose,
+                seed,
+                json,
+            }),
+            #[cfg(not(feature = "burn"))]
+            Some(_) => {
+                let _ = (step, data, bn_mode, max_images, max_hvps, eps_rel, trace, density, diagnose);
+                without_burn("sharpness --run")
+            }
+            None => sharpness(SharpnessArgs {
+                model,
+                train_steps,
+                lr,
+                k: k.unwrap_or(3),
+                which,
+                tol: tol.unwrap_or(1e-10),
+                seed,
+                json,
+                export,
+            }),
+        },
         Command::Bea {
             models: kinds,
             networks,
@@ -488,6 +578,8 @@ fn main() -> Result<ExitCode> {
 
 #[cfg(feature = "burn")]
 mod burn_cmd;
+#[cfg(feature = "burn")]
+mod network_sharpness_cmd;
 #[cfg(feature = "burn")]
 mod reproduce_cmd;
 mod toy_cmd;

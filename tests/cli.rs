@@ -38,8 +38,8 @@ fn unknown_model_is_rejected() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("resnet"));
 }
 
-/// In a build without burn, `fullbatch train`, `fullbatch device` and `fullbatch bea --network`
-/// exist and say which feature to build with (exit 2), whatever their options, instead of
+/// In a build without burn, `fullbatch train`, `fullbatch device`, `fullbatch bea --network` and
+/// `fullbatch sharpness --run` exist and say which feature to build with (exit 2), whatever their options, instead of
 /// clap's "unrecognized subcommand" or "invalid value".
 #[cfg(not(feature = "burn"))]
 #[test]
@@ -48,6 +48,7 @@ fn train_without_burn_names_the_feature() {
         &["train", "--config", "experiments/cifar10/sgd.toml", "--backend", "cuda"][..],
         &["device", "bench"],
         &["bea", "--network", "resnet-gelu"],
+        &["sharpness", "--run", "runs/any"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_fullbatch")).args(args).output().expect("run fullbatch");
         assert_eq!(out.status.code(), Some(2), "{args:?}");

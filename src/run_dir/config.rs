@@ -55,7 +55,7 @@
 //! max_images = 512            # optional: the first this many un-augmented training images (default all)
 //! tol = 1e-2                  # optional: Lanczos tolerance on the relative true residual
 //! max_hvps = 100              # optional: Hessian-vector products per measurement
-//! eps_rel = 1e-3              # optional: finite-difference step relative to |theta|
+//! eps_rel = 1e-4              # optional: finite-difference step relative to |theta|
 //! ```
 //!
 //! The two enums (`data.dataset`, `mode`) are externally tagged (`dataset = "cifar10"`,
@@ -72,9 +72,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// The default relative finite-difference step: $\varepsilon = 10^{-3}\max(\lVert\theta\rVert, 1)$
+/// The default relative finite-difference step: $\varepsilon = 10^{-4}\max(\lVert\theta\rVert, 1)$
 /// (see the module documentation).
-pub const DEFAULT_EPS_REL: f64 = 1e-3;
+pub const DEFAULT_EPS_REL: f64 = 1e-4;
 
 /// The default Lanczos tolerance on the relative true residual. The eigenvalue itself is more
 /// accurate, about $(\text{tol}\,\lambda)^2/\text{gap}$ (plus the operator error).

@@ -198,6 +198,18 @@ pub struct LogEntry {
     /// $1.357/\eta$ for Nesterov at 0.9, not $2/\eta$), at sharpness steps, with this step's lr.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lambda_edge_fraction: Option<f64>,
+    /// Whether the measurement met its tolerance; `false`: `lambda_max` is the best Ritz value
+    /// within the budget, an estimate, not certified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda_converged: Option<bool>,
+    /// The estimated error of the finite-difference operator along the eigenvector,
+    /// $\lVert (H_\varepsilon - H)v\rVert$ (`NetworkSharpness::operator_error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda_operator_error: Option<f64>,
+    /// The interval that contains an eigenvalue of the exact Hessian, $\lambda_{\max} \pm$
+    /// (residual + operator error), as `[lower, upper]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda_interval: Option<[f64; 2]>,
     /// $\lVert\bar g\rVert^2$, the squared norm of the mean of the unregularised block gradients
     /// (full batch: $\bar g = \nabla L$ on this step's images); SGD: of the mean of the epoch's
     /// minibatch gradients before clipping (taken along the epoch, at moving iterates). Weight

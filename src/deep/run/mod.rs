@@ -82,6 +82,7 @@ use crate::{Error, Result};
 /// Random streams of [`derive_seed`].
 mod checkpoint;
 mod observers;
+pub mod saved;
 
 use checkpoint::{json_error, load_checkpoint, load_sharpness_start, save_checkpoint, truncate_log, write_atomic};
 

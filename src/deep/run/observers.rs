@@ -257,10 +257,7 @@ impl<'r, B: AutodiffBackend> SharpnessMeasurement<'r, B> {
         total: usize,
     ) -> Result<Self> {
         let setup = match &config.sharpness {
-            Some(sh) => {
-                let n = sh.max_images.map_or(data.train.len(), |m| m.min(data.train.len()));
-                Some((sh.clone(), batch_from_images(&data.train.head(n), &data.mean, &data.std, device)?))
-            }
+            Some(sh) => Some((sh.clone(), super::saved::sharpness_images(data, sh.max_images, device)?)),
             None => None,
         };
         Ok(SharpnessMeasurement {
@@ -293,13 +290,18 @@ impl<B: AutodiffBackend, O: Optimizer<ResNet<B>, B>> Observer<ResNetStepper<'_, 
         let r = network_lambda_max(model, data, &params).map_err(|e| at_step(e, done - 1))?;
         (entry.lambda_max, entry.lambda_residual, entry.lambda_hvps, entry.lambda_s) =
             (Some(r.lambda_max), Some(r.residual), Some(r.hvps), Some(r.wall_s));
+        (entry.lambda_converged, entry.lambda_operator_error, entry.lambda_interval) =
+            (Some(r.converged), Some(r.operator_error), Some([r.interval.lower, r.interval.upper]));
         let edge = self.optimizer.fraction_of_stability_edge(r.lambda_max, entry.lr);
         entry.lambda_edge_fraction = Some(edge);
         s.sharpness_start = Some(r.vector.iter().map(|&x| x as f32).collect());
         self.reporter.line(format!(
-            "step {done}: lambda_max {:.4} = {edge:.3} of the stability edge (residual {:.2e}, {} HVPs, {:.1} s{})",
+            "step {done}: lambda_max {:.4} in [{:.4}, {:.4}] = {edge:.3} of the stability edge (residual {:.2e}, operator error {:.1e}, {} HVPs, {:.1} s{})",
             r.lambda_max,
+            r.interval.lower,
+            r.interval.upper,
             r.residual,
+            r.operator_error,
             r.hvps,
             r.wall_s,
             if r.converged { "" } else { ", not converged" }

@@ -1,0 +1,237 @@
+//! `fullbatch sharpness --run DIR`: the Hessian of a saved ResNet checkpoint's training loss,
+//! after the fact, on the CPU (burn's Flex backend, `f32` network, `f64` linear algebra).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Result;
+use fullbatch::deep::config::BatchNormMode;
+use fullbatch::deep::run::saved::{load_saved_run, sharpness_images};
+use fullbatch::deep::sharpness::{
+    NetworkHessian, OperatorDiagnostics, SharpnessParams, operator_diagnostics, step_doubling_error,
+};
+use fullbatch::deep::{Batch, CpuAutodiff};
+use fullbatch::sharpness::trace::{DensityParams, SpectralDensity, TraceEstimate, hutch_plus_plus, spectral_density};
+use fullbatch::sharpness::{Eigenpairs, LanczosParams, LinearOperator, Which, eigenvalue_intervals, lanczos};
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::{Array1, ArrayView1};
+use serde::Serialize;
+
+/// What `fullbatch sharpness --run` measures.
+pub struct NetworkSharpnessArgs {
+    pub run: PathBuf,
+    pub step: Option<usize>,
+    pub data: Option<PathBuf>,
+    pub k: usize,
+    pub which: Which,
+    pub tol: f64,
+    pub bn_mode: BatchNormMode,
+    pub max_images: Option<usize>,
+    pub max_hvps: usize,
+    pub eps_rel: f64,
+    pub trace: usize,
+    pub density: usize,
+    pub diagnose: bool,
+    pub seed: u64,
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    run: String,
+    step: usize,
+    checkpoint: String,
+    bn_mode: BatchNormMode,
+    images: usize,
+    block_size: usize,
+    dim: usize,
+    eps: f64,
+    which: Which,
+    tol: f64,
+    eps_rel: f64,
+    seed: u64,
+    git_commit: String,
+    eigenpairs: Eigenpairs,
+    eigen_s: f64,
+    trace: Option<TraceEstimate>,
+    density: Option<SpectralDensity>,
+    diagnostics: Option<OperatorDiagnostics>,
+    wall_s: f64,
+}
+
+/// An operator that moves a progress bar on every product.
+struct Counted<'a, O: LinearOperator> {
+    inner: &'a O,
+    bar: &'a ProgressBar,
+}
+
+impl<O: LinearOperator> LinearOperator for Counted<'_, O> {
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    fn apply(&self, v: ArrayView1<f64>) -> Array1<f64> {
+        let out = self.inner.apply(v);
+        self.bar.inc(1);
+        out
+    }
+}
+
+fn bar(len: usize, what: &str, hidden: bool) -> Result<ProgressBar> {
+    let bar = ProgressBar::new(len as u64).with_style(
+        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} products ({elapsed}, eta {eta})")?
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_string());
+    if hidden {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    Ok(bar)
+}
+
+/// Runs `fullbatch sharpness --run`.
+pub fn network_sharpness(args: NetworkSharpnessArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    let device = Default::default();
+    let (saved, data) = load_saved_run::<CpuAutodiff>(&args.run, args.step, args.data.as_deref(), &device)?;
+    let images: Batch<CpuAutodiff> = sharpness_images(&data, args.max_images, &device)?;
+    let block_size = saved.config.block_size().min(images.len());
+    let mut params = SharpnessParams::new(args.bn_mode, block_size, args.seed);
+    (params.tol, params.max_hvps, params.eps_rel) = (args.tol, args.max_hvps, args.eps_rel);
+    let op = NetworkHessian::new(&saved.model, &images, block_size, args.bn_mode, args.eps_rel)?;
+    if !args.json {
+        eprintln!(
+            "{} after step {}: {} trainable parameters, {} images in blocks of {block_size}, BatchNorm {:?}, eps {:.3e}",
+            args.run.display(),
+            saved.step,
+            op.dim(),
+            images.len(),
+            args.bn_mode,
+            op.step()
+        );
+    }
+
+    let eigen_started = Instant::now();
+    let progress = bar(args.max_hvps, "lanczos", args.json)?;
+    let lp = LanczosParams {
+        k: args.k,
+        which: args.which,
+        tol: args.tol,
+        floor: args.tol,
+        max_basis: 0,
+        max_applications: args.max_hvps,
+        seed: args.seed,
+        verify_multiplicity: false,
+        start: None,
+        keep_unconverged: true,
+        operator_error: 0.0,
+    };
+    let result = lanczos(&Counted { inner: &op, bar: &progress }, &lp);
+    progress.finish_and_clear();
+    if let Some(e) = op.take_error() {
+        return Err(e.into());
+    }
+    let mut eigenpairs = result?;
+    // The operator's own error along each eigenvector (two products each), added to the intervals.
+    let mut operator_error: f64 = 0.0;
+    for v in eigenpairs.vectors.columns() {
+        operator_error = operator_error.max(step_doubling_error(&op, &saved.model, &params, v)?);
+    }
+    eigenpairs.intervals = eigenvalue_intervals(&eigenpairs.values, &eigenpairs.residuals, operator_error, args.which);
+    let eigen_s = eigen_started.elapsed().as_secs_f64();
+
+    let trace = if args.trace > 0 {
+        let progress = bar(args.trace, "hutch++", args.json)?;
+        let t = hutch_plus_plus(&Counted { inner: &op, bar: &progress }, args.trace, args.seed)?;
+        progress.finish_and_clear();
+        Some(t)
+    } else {
+        None
+    };
+    let density = if args.density > 0 {
+        let dp = DensityParams { probes: args.density, seed: args.seed, ..DensityParams::default() };
+        let progress = bar(dp.probes * dp.steps, "slq", args.json)?;
+        let d = spectral_density(&Counted { inner: &op, bar: &progress }, &dp)?;
+        progress.finish_and_clear();
+        Some(d)
+    } else {
+        None
+    };
+    let diagnostics = if args.diagnose {
+        if !args.json {
+            eprintln!("diagnosing the operator (11 products)...");
+        }
+        let top = eigenpairs.vectors.ncols().gt(&0).then(|| eigenpairs.vectors.column(0));
+        Some(operator_diagnostics(&saved.model, &images, &params, top, &[1e-5, 3e-5, 1e-4, 3e-4, 3e-3, 1e-2])?)
+    } else {
+        None
+    };
+
+    let report = Report {
+        run: args.run.display().to_string(),
+        step: saved.step,
+        checkpoint: saved.checkpoint.display().to_string(),
+        bn_mode: args.bn_mode,
+        images: images.len(),
+        block_size,
+        dim: op.dim(),
+        eps: op.step(),
+        which: args.which,
+        tol: args.tol,
+        eps_rel: args.eps_rel,
+        seed: args.seed,
+        git_commit: fullbatch::provenance::git_commit(),
+        eigenpairs,
+        eigen_s,
+        trace,
+        density,
+        diagnostics,
+        wall_s: started.elapsed().as_secs_f64(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(if report.eigenpairs.converged { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn print_report(r: &Report) {
+    let e = &r.eigenpairs;
+    println!(
+        "{} eigenvalue(s) ({:?}) in {} products, {:.1} s{}",
+        e.values.len(),
+        r.which,
+        e.operator_applications,
+        r.eigen_s,
+        if e.converged { "" } else { "; NOT converged: values are the best Ritz values, not certified to tol" }
+    );
+    let eta = e.intervals.first().map_or(0.0, |iv| iv.operator_error);
+    println!("operator error along the eigenvectors (step doubling): {eta:.2e}, added to each interval");
+    println!("{:>14} {:>11} {:>11} {:>26}", "eigenvalue", "residual", "rel. res.", "interval");
+    for (i, (&v, &res)) in e.values.iter().zip(&e.residuals).enumerate() {
+        let interval = e.intervals.get(i).map_or_else(String::new, |iv| format!("[{:.6}, {:.6}]", iv.lower, iv.upper));
+        println!("{v:>14.6} {res:>11.3e} {:>11.3e} {interval:>26}", res / v.abs().max(f64::MIN_POSITIVE));
+    }
+    if let Some(t) = &r.trace {
+        println!("trace (Hutch++): {:.6} ± {:.2e}", t.estimate, t.stderr);
+    }
+    if let Some(d) = &r.density {
+        let (m1, se) = d.moment(1);
+        println!("spectral density (SLQ): {} probes, mean eigenvalue {m1:.4e} ± {se:.1e}", d.nodes.len());
+    }
+    if let Some(d) = &r.diagnostics {
+        println!(
+            "operator (unit vectors, absolute): |Hu| {:.3e}; repeat {:.1e}; asymmetry {:.1e}; nonlinearity {:.1e}; eps {:.3e}",
+            d.norm_hu, d.repeat, d.asymmetry, d.nonlinearity, d.eps
+        );
+        println!(
+            "  along x (the top eigenvector): |Hx| {:.4e}, x'Hx {:.6} at eps_rel {:.0e}",
+            d.norm_hx, d.rayleigh, r.eps_rel
+        );
+        for p in &d.step_sweep {
+            println!("  eps_rel {:.0e}: |H'x - Hx| {:.3e}, x'H'x {:.6}", p.eps_rel, p.change, p.rayleigh);
+        }
+    }
+    println!("{:.1} s in all", r.wall_s);
+}
