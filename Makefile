@@ -9,13 +9,15 @@
 
 SHELL := /bin/bash
 DEB_PACKAGES := libopenblas-dev dataset-fashion-mnist
+TEST_DEB_PACKAGES := python3-torch
 CARGO ?= cargo
 
-.PHONY: figures test test-tch gpu-bundle reproduce deps bench check-models print-burn-tests
+.PHONY: figures test test-tch gpu-bundle reproduce deps test-deps bench check-models print-burn-tests
 
-deps:
+# Installs the Debian packages of $(1) that are missing (as root; otherwise says how).
+define install_missing
 	@missing=""; \
-	for p in $(DEB_PACKAGES); do \
+	for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -28,6 +30,14 @@ deps:
 	    exit 1; \
 	  fi; \
 	fi
+endef
+
+deps:
+	$(call install_missing,$(DEB_PACKAGES))
+
+# The tests also check the network Hessian against PyTorch (scripts/check_network_export.py).
+test-deps:
+	$(call install_missing,$(TEST_DEB_PACKAGES))
 
 figures: deps
 	$(CARGO) run --release --bin figures
@@ -35,7 +45,7 @@ figures: deps
 # The burn tests: every tests/*.rs that starts with #![cfg(feature = "burn")] (found, not listed).
 BURN_TESTS := $(patsubst tests/%.rs,--test %,$(shell grep -l '^\#!\[cfg(feature = "burn")\]' tests/*.rs))
 
-test: deps
+test: deps test-deps
 	$(CARGO) test --doc
 	$(CARGO) test --all-targets
 	# burn's kernels compile in this crate: its tests run in release (debug is ~100x slower).

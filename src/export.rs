@@ -59,7 +59,7 @@ pub struct ExportSpec {
     pub results: serde_json::Value,
 }
 
-fn write_npy<A, S, D>(dir: &Path, name: &str, array: &ArrayBase<S, D>) -> Result<()>
+pub(crate) fn write_npy<A, S, D>(dir: &Path, name: &str, array: &ArrayBase<S, D>) -> Result<()>
 where
     A: WritableElement,
     S: Data<Elem = A>,
@@ -90,7 +90,26 @@ pub fn export_model(
     if theta.len() != dim {
         return Err(Error::invalid("theta", format!("length {} for a model of dimension {dim}", theta.len())));
     }
-    if dir.exists() && !is_export(dir) {
+    write_directory(dir, is_export, |staging| {
+        write_files(model, theta, results, dim, staging)?;
+        arrays.iter().try_for_each(|(name, a)| write_npy(staging, &format!("{name}.npy"), a))
+    })
+}
+
+/// Writes a directory of files atomically: `fill` writes into a staging directory beside `dir`,
+/// which then replaces `dir`; on failure the staging directory is removed and `dir` is left as
+/// it was. An existing `dir` is replaced only when `is_ours` says it is an earlier export.
+/// Returns the paths written, sorted.
+///
+/// # Errors
+/// [`Error::Io`] when `dir` exists and is not ours, or a directory operation fails; whatever
+/// `fill` returns.
+pub(crate) fn write_directory(
+    dir: &Path,
+    is_ours: fn(&Path) -> bool,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<Vec<PathBuf>> {
+    if dir.exists() && !is_ours(dir) {
         return Err(Error::io(
             dir,
             std::io::Error::new(
@@ -107,9 +126,7 @@ pub fn export_model(
         fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
     }
     fs::create_dir(&staging).map_err(|e| Error::io(&staging, e))?;
-    let written = write_files(model, theta, results, dim, &staging)
-        .and_then(|()| arrays.iter().try_for_each(|(name, a)| write_npy(&staging, &format!("{name}.npy"), a)));
-    if let Err(e) = written {
+    if let Err(e) = fill(&staging) {
         let _ = fs::remove_dir_all(&staging);
         return Err(e);
     }

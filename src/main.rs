@@ -70,7 +70,8 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Also write the model, its data, the point and these results as .npy + JSON into
-        /// this directory (check them with `python3 scripts/check_export.py DIR`).
+        /// this directory (check them with `python3 scripts/check_export.py DIR`; with --run,
+        /// `python3 scripts/check_network_export.py DIR`, which needs PyTorch).
         #[arg(long, value_name = "DIR")]
         export: Option<PathBuf>,
         /// Measure a saved `fullbatch train` run instead of a toy model: the Hessian of its
@@ -93,7 +94,7 @@ enum Command {
         #[arg(long, default_value_t = 100, requires = "run")]
         max_hvps: usize,
         /// With --run: the finite-difference step relative to max(|theta|, 1).
-        #[arg(long, default_value_t = 1e-3, requires = "run")]
+        #[arg(long, default_value_t = fullbatch::run_dir::config::DEFAULT_EPS_REL, requires = "run")]
         eps_rel: f64,
         /// With --run: Hutch++ trace with this many products (0: none).
         #[arg(long, default_value_t = 0, requires = "run")]
@@ -530,6 +531,7 @@ fn main() -> Result<ExitCode> {
                 diagnose,
                 seed,
                 json,
+                export,
             }),
             #[cfg(not(feature = "burn"))]
             Some(_) => {

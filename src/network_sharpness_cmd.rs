@@ -7,9 +7,10 @@ use std::time::Instant;
 
 use anyhow::Result;
 use fullbatch::deep::config::BatchNormMode;
+use fullbatch::deep::hessian_export::{HessianSamples, export_network_hessian};
 use fullbatch::deep::run::saved::{load_saved_run, sharpness_images};
 use fullbatch::deep::sharpness::{
-    NetworkHessian, OperatorDiagnostics, SharpnessParams, operator_diagnostics, step_doubling_error,
+    NetworkHessian, OperatorDiagnostics, SharpnessParams, operator_diagnostics, operator_error_along,
 };
 use fullbatch::deep::{Batch, CpuAutodiff};
 use fullbatch::sharpness::trace::{DensityParams, SpectralDensity, TraceEstimate, hutch_plus_plus, spectral_density};
@@ -35,6 +36,7 @@ pub struct NetworkSharpnessArgs {
     pub diagnose: bool,
     pub seed: u64,
     pub json: bool,
+    pub export: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -132,10 +134,10 @@ pub fn network_sharpness(args: NetworkSharpnessArgs) -> Result<ExitCode> {
         return Err(e.into());
     }
     let mut eigenpairs = result?;
-    // The operator's own error along each eigenvector (two products each), added to the intervals.
+    // The operator's own error along each eigenvector (three products each), added to the intervals.
     let mut operator_error: f64 = 0.0;
     for v in eigenpairs.vectors.columns() {
-        operator_error = operator_error.max(step_doubling_error(&op, &saved.model, &params, v)?);
+        operator_error = operator_error.max(operator_error_along(&op, &saved.model, &params, v)?);
     }
     eigenpairs.intervals = eigenvalue_intervals(&eigenpairs.values, &eigenpairs.residuals, operator_error, args.which);
     let eigen_s = eigen_started.elapsed().as_secs_f64();
@@ -188,6 +190,9 @@ pub fn network_sharpness(args: NetworkSharpnessArgs) -> Result<ExitCode> {
         diagnostics,
         wall_s: started.elapsed().as_secs_f64(),
     };
+    if let Some(dir) = &args.export {
+        export(&args, &saved.model, &images, block_size, &report, dir)?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -207,7 +212,7 @@ fn print_report(r: &Report) {
         if e.converged { "" } else { "; NOT converged: values are the best Ritz values, not certified to tol" }
     );
     let eta = e.intervals.first().map_or(0.0, |iv| iv.operator_error);
-    println!("operator error along the eigenvectors (step doubling): {eta:.2e}, added to each interval");
+    println!("operator error along the eigenvectors (truncation + rounding): {eta:.2e}, added to each interval");
     println!("{:>14} {:>11} {:>11} {:>26}", "eigenvalue", "residual", "rel. res.", "interval");
     for (i, (&v, &res)) in e.values.iter().zip(&e.residuals).enumerate() {
         let interval = e.intervals.get(i).map_or_else(String::new, |iv| format!("[{:.6}, {:.6}]", iv.lower, iv.upper));
@@ -234,4 +239,52 @@ fn print_report(r: &Report) {
         }
     }
     println!("{:.1} s in all", r.wall_s);
+}
+
+/// Writes the export for `scripts/check_network_export.py`: the model, the images, our products
+/// along the top eigenvector in both BatchNorm modes and their estimated errors
+/// (four products), the eigenvectors and the report.
+fn export(
+    args: &NetworkSharpnessArgs,
+    model: &fullbatch::deep::resnet::ResNet<CpuAutodiff>,
+    images: &Batch<CpuAutodiff>,
+    block_size: usize,
+    report: &Report,
+    dir: &std::path::Path,
+) -> Result<()> {
+    // Along the top eigenvector: there |Hv| is largest, so the comparison measures the operator,
+    // not the f32 rounding floor (along a random direction near a minimum |Hv| is tiny and the
+    // relative error of a product is rounding-dominated).
+    let e = &report.eigenpairs.vectors;
+    anyhow::ensure!(e.ncols() > 0, "no eigenvector to export");
+    let v = e.column(0).to_owned();
+    let product = |mode, eps_rel| -> Result<Array1<f64>> {
+        Ok(NetworkHessian::new(model, images, block_size, mode, eps_rel)?.hvp(v.view())?)
+    };
+    let (train, eval) = (BatchNormMode::Train, BatchNormMode::Eval);
+    let (hv_train, hv_eval) = (product(train, args.eps_rel)?, product(eval, args.eps_rel)?);
+    // The error estimates along v that the script checks against PyTorch.
+    let error = |mode| -> Result<f64> {
+        let params = SharpnessParams { eps_rel: args.eps_rel, ..SharpnessParams::new(mode, block_size, args.seed) };
+        let op = NetworkHessian::new(model, images, block_size, mode, args.eps_rel)?;
+        Ok(operator_error_along(&op, model, &params, v.view())?)
+    };
+    let errors = [error(train)?, error(eval)?];
+    let samples = HessianSamples {
+        v: &v,
+        hv_train: &hv_train,
+        hv_eval: &hv_eval,
+        hv_error_estimates: errors,
+        eigenvectors: &report.eigenpairs.vectors,
+    };
+    let files = export_network_hessian(model, images, block_size, &samples, serde_json::to_value(report)?, dir)?;
+    if !args.json {
+        eprintln!(
+            "exported {} files to {} (check: python3 scripts/check_network_export.py {})",
+            files.len(),
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(())
 }

@@ -508,7 +508,10 @@ fn cli_sharpness_every_flag() {
 /// `fullbatch sharpness --run DIR` on a run trained for 2 steps with `--sharpness-every 2`: the
 /// checkpoint's lambda_max (another start vector) lies in an interval that overlaps the one the
 /// run logged, every interval carries a positive operator error, the trace and the diagnosis are
-/// reported; a step without a checkpoint is an error that lists the steps kept.
+/// reported, and the export passes `scripts/check_network_export.py` (PyTorch double backprop,
+/// `float64`: layout, both BatchNorm modes' products within our error estimates, lambda_max in
+/// our interval) when torch is installed; a step without a checkpoint is an error that lists the
+/// steps kept.
 #[test]
 fn sharpness_run_measures_a_saved_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
@@ -527,9 +530,12 @@ fn sharpness_run_measures_a_saved_checkpoint() {
         .unwrap();
     assert!(status.success());
     let logged = &log_without_time(&out)[1];
+    let export = tmp.path().join("export");
     let run = Command::new(env!("CARGO_BIN_EXE_fullbatch"))
         .args(["sharpness", "--json", "--diagnose", "--trace", "6", "--seed", "3", "--run"])
         .arg(&out)
+        .arg("--export")
+        .arg(&export)
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
@@ -548,6 +554,8 @@ fn sharpness_run_measures_a_saved_checkpoint() {
     assert!(diag["step_sweep"].as_array().is_some_and(|s| s.len() == 6));
     assert!(diag["asymmetry"].as_f64().unwrap() <= 1e-4 * diag["norm_hu"].as_f64().unwrap());
 
+    torch_checks_the_export(&export);
+
     let missing = Command::new(env!("CARGO_BIN_EXE_fullbatch"))
         .args(["sharpness", "--step", "7", "--run"])
         .arg(&out)
@@ -556,4 +564,22 @@ fn sharpness_run_measures_a_saved_checkpoint() {
     assert!(!missing.status.success());
     let err = String::from_utf8_lossy(&missing.stderr);
     assert!(err.contains("step 7") && err.contains("keeps steps [2]"), "{err}");
+}
+
+/// Runs `scripts/check_network_export.py` on `export` with /usr/bin/python3 when it has torch
+/// (`make test` installs python3-torch); says so when it does not.
+fn torch_checks_the_export(export: &std::path::Path) {
+    let python = "/usr/bin/python3";
+    let has_torch = Command::new(python).args(["-c", "import torch"]).output().is_ok_and(|o| o.status.success());
+    if !has_torch {
+        println!("PyTorch cross-check SKIPPED: {python} cannot import torch (apt-get install python3-torch)");
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/check_network_export.py");
+    let check = Command::new(python).arg(script).arg(export).output().unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    println!("PyTorch cross-check: {report}");
+    assert!(check.status.success(), "{report}\n{}", String::from_utf8_lossy(&check.stderr));
+    let r: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(r["pass"], true);
 }

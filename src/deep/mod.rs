@@ -41,6 +41,7 @@ pub use crate::run_dir::config;
 pub mod device;
 pub mod flat_resnet;
 pub mod grads;
+pub mod hessian_export;
 pub mod mlp;
 #[cfg(feature = "collective")]
 pub mod parallel;
