@@ -258,11 +258,11 @@ fn trained_tiny() -> (ResNet<B>, Batch<B>) {
 
 /// The defect of issue 14: with a step too large for the curvature's variation, the central
 /// difference is biased by more than the residual Lanczos reaches, so residual-only intervals
-/// exclude the exact eigenvalue. The step-doubling estimate of the operator error, added to
-/// the interval, covers it. On the twin MLP (exact lambda_max 2.124323 from the `f64` Pearlmutter
-/// HVP), measured: at `eps_rel` 3e-2, 1.823475 with residual 0.18, operator error 0.21 and
-/// interval [1.4308, 2.2161] (Lanczos does not converge: the operator is not linear at that
-/// step); at the default 1e-4, 2.124311 in [2.123272, 2.125351].
+/// exclude the exact eigenvalue. The estimate of the operator error (truncation + rounding, x2),
+/// added to the interval, covers it. On the twin MLP (exact lambda_max 2.124323 from the `f64` Pearlmutter
+/// HVP), measured: at `eps_rel` 3e-2, 1.823475 with residual 0.18, operator error 0.67 and
+/// interval [0.9747, 2.6723] (Lanczos does not converge: the operator is not linear at that
+/// step); at the default 1e-4, 2.124311 in [2.122959, 2.125663].
 #[test]
 fn operator_error_makes_the_interval_cover_a_biased_step() {
     let Twin { batch, net, theta, mlp, .. } = twin(2.0);

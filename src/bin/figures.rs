@@ -13,6 +13,7 @@ use fullbatch::derivative_check::{DerivativeCheckParams, check_model};
 use fullbatch::experiment::{ExperimentConfig, FIGURE_EXPERIMENTS, read_log, run_cached};
 use fullbatch::figures::bea_coefficients::measure_coefficients;
 use fullbatch::figures::bea_networks::read_network_coefficients;
+use fullbatch::figures::network_sharpness::read_network_sharpness;
 use fullbatch::figures::cifar_results::collect_cifar_runs;
 use fullbatch::figures::ledger::collect_ledger_runs;
 use fullbatch::figures::{FIGURES, FigureInputs, SharpnessFigureData, ToyExperimentData};
@@ -52,6 +53,12 @@ struct Cli {
     /// a build with the `burn` feature); a missing file means none.
     #[arg(long, default_value = "experiments/results/bea/networks-seed0.json")]
     bea_networks: PathBuf,
+    /// A `fullbatch train` run with sharpness measurements (a missing directory means none).
+    #[arg(long, default_value = "experiments/results/sharpness/small-synthetic-fb")]
+    sharpness_run: PathBuf,
+    /// `scripts/lambda_vs_images.sh` output (a missing file means none).
+    #[arg(long, default_value = "experiments/results/sharpness/lambda-vs-images.json")]
+    sharpness_images: PathBuf,
 }
 
 /// The sharpness figure's model: a tanh MLP 20-40-4 with cross-entropy on 256 teacher-student
@@ -190,6 +197,7 @@ fn main() -> Result<()> {
         cli.bea_networks.display(),
         network_coefficients.rows.len()
     );
+    let network_sharpness = read_network_sharpness(&cli.sharpness_run, &cli.sharpness_images)?;
     let inputs = FigureInputs {
         derivative_reports: reports,
         bea_orders: bea_curves,
@@ -202,6 +210,7 @@ fn main() -> Result<()> {
         lr_sweep,
         cifar_runs,
         ledger_runs,
+        network_sharpness,
     };
     for entry in &FIGURES {
         for path in render(&(entry.build)(&inputs), &cli.out.join(entry.stem))? {

@@ -5,6 +5,7 @@ pub mod bea_coefficients;
 pub mod bea_networks;
 pub mod cifar_results;
 pub mod ledger;
+pub mod network_sharpness;
 pub mod training;
 
 use crate::bea::{GdFlow, OrderMeasurement};
@@ -16,6 +17,7 @@ use bea_coefficients::{CoefficientFigureData, bea_coefficient_figure};
 use bea_networks::{NetworkCoefficients, bea_network_figure};
 use cifar_results::{CifarRun, cifar_results_figure};
 use ledger::{LedgerRun, regulariser_ledger_figure};
+use network_sharpness::{NetworkSharpnessData, network_sharpness_figure};
 use training::{lr_sweep_figure, modified_flow_figure, spectral_density_figure};
 
 /// One toy experiment's results and evaluation log, as the figures read them.
@@ -52,6 +54,8 @@ pub struct FigureInputs {
     pub cifar_runs: Vec<CifarRun>,
     /// The `fullbatch train` runs with a regulariser ledger found.
     pub ledger_runs: Vec<LedgerRun>,
+    /// A small ResNet's sharpness along a run and against the number of images.
+    pub network_sharpness: NetworkSharpnessData,
 }
 
 /// One figure of `cargo run --release --bin figures`: its file name (without extension), what
@@ -68,7 +72,7 @@ pub struct FigureEntry {
 
 /// Every figure the figures binary draws, in its order: the binary draws and indexes these, and
 /// the tests check the files and the README's count against this list.
-pub const FIGURES: [FigureEntry; 12] = [
+pub const FIGURES: [FigureEntry; 13] = [
     FigureEntry {
         stem: "derivative_check",
         shows: "finite-difference error of the gradient and HVP against the exact ones vs the difference step, per toy model (V shape: the exact derivatives are right)",
@@ -93,6 +97,11 @@ pub const FIGURES: [FigureEntry; 12] = [
         stem: "sharpness",
         shows: "Hessian of a trained tanh MLP 20-40-4 (1,004 parameters): SLQ spectral density vs the exact eigenvalues, top-10 eigenvalues by dense eigh, Lanczos and power iteration, and their relative residuals",
         build: |i| sharpness_figure(&i.sharpness),
+    },
+    FigureEntry {
+        stem: "network_sharpness",
+        shows: "lambda_max of a small ResNet's training-loss Hessian (finite differences of f32 gradients) along the small-synthetic-fb run with intervals (residual + estimated operator error), and after its last step against the number of images measured on; from experiments/results/sharpness/",
+        build: |i| network_sharpness_figure(&i.network_sharpness),
     },
     FigureEntry {
         stem: "generalisation",
