@@ -103,9 +103,18 @@ enum Command {
         #[arg(long, default_value_t = 0, requires = "run")]
         density: usize,
         /// With --run: also measure the operator's own error (repeatability, symmetry,
-        /// linearity, and how a product moves with the step; about 9 products).
+        /// linearity, and how a product moves with the step; 11 products).
         #[arg(long, requires = "run")]
         diagnose: bool,
+        /// With --run: also the top eigenvalues of the Hessian restricted to the parameters whose
+        /// names match this pattern (`*` any characters; names like `stem_conv.weight`,
+        /// `blocks.1.bn2.bias`, `fc.weight`). Repeatable: one measurement per pattern.
+        #[arg(long = "group", value_name = "PATTERN", requires = "run")]
+        groups: Vec<String>,
+        /// With --run: also one restricted measurement per layer (each convolution, BatchNorm
+        /// and the linear head).
+        #[arg(long, requires = "run")]
+        per_layer: bool,
     },
     /// Backward-error analysis: measure the orders and coefficients of the modified flows of
     /// GD, SGD and momentum on toy models, and compare them with the theory.
@@ -509,6 +518,8 @@ fn main() -> Result<ExitCode> {
             trace,
             density,
             diagnose,
+            groups,
+            per_layer,
         } => match run {
             #[cfg(feature = "burn")]
             Some(run) => network_sharpness_cmd::network_sharpness(network_sharpness_cmd::NetworkSharpnessArgs {
@@ -532,10 +543,13 @@ fn main() -> Result<ExitCode> {
                 seed,
                 json,
                 export,
+                groups,
+                per_layer,
             }),
             #[cfg(not(feature = "burn"))]
             Some(_) => {
-                let _ = (step, data, bn_mode, max_images, max_hvps, eps_rel, trace, density, diagnose);
+                let _ =
+                    (step, data, bn_mode, max_images, max_hvps, eps_rel, trace, density, diagnose, groups, per_layer);
                 without_burn("sharpness --run")
             }
             None => sharpness(SharpnessArgs {

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use fullbatch::deep::config::BatchNormMode;
-use fullbatch::deep::hessian_export::{HessianSamples, export_network_hessian};
+use fullbatch::deep::hessian_export::{HessianSamples, export_network_hessian, parameter_names};
 use fullbatch::deep::run::saved::{load_saved_run, sharpness_images};
 use fullbatch::deep::sharpness::{
     NetworkHessian, OperatorDiagnostics, SharpnessParams, operator_diagnostics, operator_error_along,
@@ -37,6 +37,8 @@ pub struct NetworkSharpnessArgs {
     pub seed: u64,
     pub json: bool,
     pub export: Option<PathBuf>,
+    pub groups: Vec<String>,
+    pub per_layer: bool,
 }
 
 #[derive(Serialize)]
@@ -59,16 +61,67 @@ struct Report {
     trace: Option<TraceEstimate>,
     density: Option<SpectralDensity>,
     diagnostics: Option<OperatorDiagnostics>,
+    groups: Vec<GroupReport>,
     wall_s: f64,
 }
 
+/// The Hessian restricted to one parameter group: the principal submatrix $H_{GG}$.
+#[derive(Serialize)]
+struct GroupReport {
+    /// The pattern (or layer name) that chose it.
+    group: String,
+    /// The tensors in it.
+    tensors: Vec<String>,
+    parameters: usize,
+    eigenpairs: Eigenpairs,
+    seconds: f64,
+}
+
+/// $H_{GG}$: products of the full operator on vectors supported on `indices`, read back there.
+struct Restricted<'a, O: LinearOperator> {
+    inner: &'a O,
+    indices: &'a [usize],
+}
+
+impl<O: LinearOperator> Restricted<'_, O> {
+    fn embed(&self, v: ArrayView1<f64>) -> Array1<f64> {
+        let mut full = Array1::zeros(self.inner.dim());
+        for (&i, &x) in self.indices.iter().zip(v.iter()) {
+            full[i] = x;
+        }
+        full
+    }
+}
+
+impl<O: LinearOperator> LinearOperator for Restricted<'_, O> {
+    fn dim(&self) -> usize {
+        self.indices.len()
+    }
+    fn apply(&self, v: ArrayView1<f64>) -> Array1<f64> {
+        let w = self.inner.apply(self.embed(v).view());
+        self.indices.iter().map(|&i| w[i]).collect()
+    }
+}
+
+/// `*` matches any run of characters (dots included); everything else literally.
+fn glob_matches(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, rest)) => {
+            name.starts_with(head)
+                && (0..=name.len() - head.len())
+                    .any(|k| name.is_char_boundary(head.len() + k) && glob_matches(rest, &name[head.len() + k..]))
+        }
+    }
+}
+
 /// An operator that moves a progress bar on every product.
-struct Counted<'a, O: LinearOperator> {
+struct Counted<'a, O: LinearOperator + ?Sized> {
     inner: &'a O,
     bar: &'a ProgressBar,
 }
 
-impl<O: LinearOperator> LinearOperator for Counted<'_, O> {
+impl<O: LinearOperator + ?Sized> LinearOperator for Counted<'_, O> {
     fn dim(&self) -> usize {
         self.inner.dim()
     }
@@ -89,6 +142,40 @@ fn bar(len: usize, what: &str, hidden: bool) -> Result<ProgressBar> {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     Ok(bar)
+}
+
+/// Lanczos on `op` as `args` say (k, which, tol, budget, seed), with a progress bar labelled
+/// `what`; then `error_along` each eigenvector (the operator's own error), whose largest value
+/// is added to every interval.
+fn eigenpairs_with_intervals(
+    args: &NetworkSharpnessArgs,
+    op: &dyn LinearOperator,
+    what: &str,
+    error_along: impl Fn(ArrayView1<f64>) -> Result<f64>,
+) -> Result<Eigenpairs> {
+    let progress = bar(args.max_hvps, what, args.json)?;
+    let lp = LanczosParams {
+        k: args.k.min(op.dim()),
+        which: args.which,
+        tol: args.tol,
+        floor: args.tol,
+        max_basis: 0,
+        max_applications: args.max_hvps,
+        seed: args.seed,
+        verify_multiplicity: false,
+        start: None,
+        keep_unconverged: true,
+        operator_error: 0.0,
+    };
+    let result = lanczos(&Counted { inner: op, bar: &progress }, &lp);
+    progress.finish_and_clear();
+    let mut eigenpairs = result?;
+    let mut operator_error: f64 = 0.0;
+    for v in eigenpairs.vectors.columns() {
+        operator_error = operator_error.max(error_along(v)?);
+    }
+    eigenpairs.intervals = eigenvalue_intervals(&eigenpairs.values, &eigenpairs.residuals, operator_error, args.which);
+    Ok(eigenpairs)
 }
 
 /// Runs `fullbatch sharpness --run`.
@@ -114,32 +201,12 @@ pub fn network_sharpness(args: NetworkSharpnessArgs) -> Result<ExitCode> {
     }
 
     let eigen_started = Instant::now();
-    let progress = bar(args.max_hvps, "lanczos", args.json)?;
-    let lp = LanczosParams {
-        k: args.k,
-        which: args.which,
-        tol: args.tol,
-        floor: args.tol,
-        max_basis: 0,
-        max_applications: args.max_hvps,
-        seed: args.seed,
-        verify_multiplicity: false,
-        start: None,
-        keep_unconverged: true,
-        operator_error: 0.0,
-    };
-    let result = lanczos(&Counted { inner: &op, bar: &progress }, &lp);
-    progress.finish_and_clear();
+    let eigenpairs =
+        eigenpairs_with_intervals(&args, &op, "lanczos", |v| Ok(operator_error_along(&op, &saved.model, &params, v)?));
     if let Some(e) = op.take_error() {
         return Err(e.into());
     }
-    let mut eigenpairs = result?;
-    // The operator's own error along each eigenvector (three products each), added to the intervals.
-    let mut operator_error: f64 = 0.0;
-    for v in eigenpairs.vectors.columns() {
-        operator_error = operator_error.max(operator_error_along(&op, &saved.model, &params, v)?);
-    }
-    eigenpairs.intervals = eigenvalue_intervals(&eigenpairs.values, &eigenpairs.residuals, operator_error, args.which);
+    let eigenpairs = eigenpairs?;
     let eigen_s = eigen_started.elapsed().as_secs_f64();
 
     let trace = if args.trace > 0 {
@@ -159,6 +226,7 @@ pub fn network_sharpness(args: NetworkSharpnessArgs) -> Result<ExitCode> {
     } else {
         None
     };
+    let mut group_reports = Vec::new();
     let diagnostics = if args.diagnose {
         if !args.json {
             eprintln!("diagnosing the operator (11 products)...");
@@ -168,6 +236,58 @@ pub fn network_sharpness(args: NetworkSharpnessArgs) -> Result<ExitCode> {
     } else {
         None
     };
+
+    let mut chosen: Vec<(String, Vec<String>)> = Vec::new();
+    if !args.groups.is_empty() || args.per_layer {
+        let names = parameter_names(&saved.model)?;
+        for pattern in &args.groups {
+            let tensors: Vec<String> =
+                names.iter().filter(|(n, _)| glob_matches(pattern, n)).map(|(n, _)| n.clone()).collect();
+            anyhow::ensure!(
+                !tensors.is_empty(),
+                "--group {pattern} matches no parameter; the names are {:?}",
+                names.iter().map(|(n, _)| n).collect::<Vec<_>>()
+            );
+            chosen.push((pattern.clone(), tensors));
+        }
+        if args.per_layer {
+            for (name, _) in &names {
+                let layer = name.rsplit_once('.').map_or(name.as_str(), |(l, _)| l).to_string();
+                match chosen.iter_mut().find(|(g, _)| *g == layer) {
+                    Some((_, t)) => t.push(name.clone()),
+                    None => chosen.push((layer, vec![name.clone()])),
+                }
+            }
+        }
+        let mut offsets = Vec::new();
+        let mut offset = 0;
+        for (name, len) in &names {
+            offsets.push((name.clone(), offset, *len));
+            offset += len;
+        }
+        let mut groups = Vec::new();
+        for (group, tensors) in chosen {
+            let started = Instant::now();
+            let indices: Vec<usize> =
+                offsets.iter().filter(|(n, _, _)| tensors.contains(n)).flat_map(|&(_, o, len)| o..o + len).collect();
+            let restricted = Restricted { inner: &op, indices: &indices };
+            let eigenpairs = eigenpairs_with_intervals(&args, &restricted, &group, |v| {
+                Ok(operator_error_along(&op, &saved.model, &params, restricted.embed(v).view())?)
+            });
+            if let Some(e) = op.take_error() {
+                return Err(e.into());
+            }
+            let eigenpairs = eigenpairs?;
+            groups.push(GroupReport {
+                group,
+                tensors,
+                parameters: indices.len(),
+                eigenpairs,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+        group_reports = groups;
+    }
 
     let report = Report {
         run: args.run.display().to_string(),
@@ -188,6 +308,7 @@ pub fn network_sharpness(args: NetworkSharpnessArgs) -> Result<ExitCode> {
         trace,
         density,
         diagnostics,
+        groups: group_reports,
         wall_s: started.elapsed().as_secs_f64(),
     };
     if let Some(dir) = &args.export {
@@ -236,6 +357,28 @@ fn print_report(r: &Report) {
         );
         for p in &d.step_sweep {
             println!("  eps_rel {:.0e}: |H'x - Hx| {:.3e}, x'H'x {:.6}", p.eps_rel, p.change, p.rayleigh);
+        }
+    }
+    if !r.groups.is_empty() {
+        println!(
+            "{:<28} {:>10} {:>14} {:>26} {:>8}",
+            "group (H restricted to it)", "parameters", "eigenvalue", "interval", "seconds"
+        );
+        for g in &r.groups {
+            let e = &g.eigenpairs;
+            for (i, v) in e.values.iter().enumerate() {
+                let iv =
+                    e.intervals.get(i).map_or_else(String::new, |iv| format!("[{:.6}, {:.6}]", iv.lower, iv.upper));
+                let (name, n, t) = if i == 0 {
+                    (g.group.as_str(), g.parameters.to_string(), format!("{:.1}", g.seconds))
+                } else {
+                    ("", String::new(), String::new())
+                };
+                println!(
+                    "{name:<28} {n:>10} {v:>14.6} {iv:>26} {t:>8}{}",
+                    if e.converged { "" } else { "  not converged" }
+                );
+            }
         }
     }
     println!("{:.1} s in all", r.wall_s);

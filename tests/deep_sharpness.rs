@@ -508,7 +508,8 @@ fn cli_sharpness_every_flag() {
 /// `fullbatch sharpness --run DIR` on a run trained for 2 steps with `--sharpness-every 2`: the
 /// checkpoint's lambda_max (another start vector) lies in an interval that overlaps the one the
 /// run logged, every interval carries a positive operator error, the trace and the diagnosis are
-/// reported, and the export passes `scripts/check_network_export.py` (PyTorch double backprop,
+/// reported, no parameter group's top eigenvalue exceeds the whole Hessian's (Cauchy
+/// interlacing), and the export passes `scripts/check_network_export.py` (PyTorch double backprop,
 /// `float64`: layout, both BatchNorm modes' products within our error estimates, lambda_max in
 /// our interval) when torch is installed; a step without a checkpoint is an error that lists the
 /// steps kept.
@@ -532,7 +533,19 @@ fn sharpness_run_measures_a_saved_checkpoint() {
     let logged = &log_without_time(&out)[1];
     let export = tmp.path().join("export");
     let run = Command::new(env!("CARGO_BIN_EXE_fullbatch"))
-        .args(["sharpness", "--json", "--diagnose", "--trace", "6", "--seed", "3", "--run"])
+        .args([
+            "sharpness",
+            "--json",
+            "--diagnose",
+            "--trace",
+            "6",
+            "--seed",
+            "3",
+            "--group",
+            "fc.*",
+            "--per-layer",
+            "--run",
+        ])
         .arg(&out)
         .arg("--export")
         .arg(&export)
@@ -554,6 +567,20 @@ fn sharpness_run_measures_a_saved_checkpoint() {
     assert!(diag["step_sweep"].as_array().is_some_and(|s| s.len() == 6));
     assert!(diag["asymmetry"].as_f64().unwrap() <= 1e-4 * diag["norm_hu"].as_f64().unwrap());
 
+    // Groups: `fc.*` and the `fc` layer are one measurement; by Cauchy interlacing no principal
+    // submatrix has a larger top eigenvalue than the whole Hessian (up to the intervals).
+    let groups = report["groups"].as_array().unwrap();
+    let top = |g: &serde_json::Value| g["eigenpairs"]["values"][0].as_f64().unwrap();
+    let half = |g: &serde_json::Value| {
+        let iv = &g["eigenpairs"]["intervals"][0];
+        0.5 * (iv["upper"].as_f64().unwrap() - iv["lower"].as_f64().unwrap())
+    };
+    let by_name = |n: &str| groups.iter().find(|g| g["group"] == n).unwrap();
+    assert_eq!(top(by_name("fc.*")), top(by_name("fc")));
+    assert!(groups.len() > 5 && groups.iter().any(|g| g["group"] == "stem_conv"));
+    for g in groups {
+        assert!(top(g) <= lambda + 0.5 * (hi - lo) + half(g), "{}: {} above the whole {lambda}", g["group"], top(g));
+    }
     torch_checks_the_export(&export);
 
     let missing = Command::new(env!("CARGO_BIN_EXE_fullbatch"))

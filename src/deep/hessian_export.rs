@@ -122,6 +122,31 @@ fn resnet_values<B: Backend>(net: &ResNet<B>) -> Result<(Vec<Values>, Vec<Values
     Ok((params, stats))
 }
 
+/// The trainable tensors of `net` as (PyTorch-style name, number of entries), in the order of
+/// the operator's flat parameter vector ([`trainable_to_vec`]), e.g. `("blocks.0.bn1.weight",
+/// 8)`: the names parameter groups are chosen by.
+///
+/// # Errors
+/// [`Error::InvalidParameter`] when the named tensors do not concatenate to the parameter
+/// vector (a module layout this module does not know) or a tensor cannot be read.
+pub fn parameter_names<B: AutodiffBackend>(net: &ResNet<B>) -> Result<Vec<(String, usize)>> {
+    let theta = trainable_to_vec(net)?;
+    let (params, _) = resnet_values(&net.valid())?;
+    check_layout(&params, &theta)?;
+    Ok(params.into_iter().map(|p| (p.name, p.values.len())).collect())
+}
+
+fn check_layout(params: &[Values], theta: &[f32]) -> Result<()> {
+    let concatenated: Vec<f32> = params.iter().flat_map(|p| p.values.iter().copied()).collect();
+    if concatenated != theta {
+        return Err(Error::invalid(
+            "layout",
+            "the named tensors do not concatenate to the operator's parameters (unknown module order)",
+        ));
+    }
+    Ok(())
+}
+
 /// Our numbers along one direction, for the export.
 pub struct HessianSamples<'a> {
     /// The unit direction $v$.
@@ -161,13 +186,7 @@ pub fn export_network_hessian<B: AutodiffBackend>(
 ) -> Result<Vec<PathBuf>> {
     let theta = trainable_to_vec(net)?;
     let (params, stats) = resnet_values(&net.valid())?;
-    let concatenated: Vec<f32> = params.iter().flat_map(|p| p.values.iter().copied()).collect();
-    if concatenated != theta {
-        return Err(Error::invalid(
-            "layout",
-            "the named tensors do not concatenate to the operator's parameters (unknown module order)",
-        ));
-    }
+    check_layout(&params, &theta)?;
     let mut tensors = Vec::new();
     let mut offset = 0;
     for p in &params {

@@ -55,8 +55,8 @@ pub fn read_network_sharpness(run: &Path, images_file: &Path) -> Result<NetworkS
     };
     let images = if images_file.exists() {
         let text = std::fs::read_to_string(images_file).map_err(|e| Error::io(images_file, e))?;
-        let raw: Vec<serde_json::Value> = serde_json::from_str(&text)
-            .map_err(|e| Error::bad_file(images_file, format!("not a JSON array: {e}")))?;
+        let raw: Vec<serde_json::Value> =
+            serde_json::from_str(&text).map_err(|e| Error::bad_file(images_file, format!("not a JSON array: {e}")))?;
         let step = raw
             .first()
             .and_then(|r| r["step"].as_u64())
@@ -169,7 +169,8 @@ mod tests {
     #[test]
     fn the_committed_sharpness_results_read_back() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/results/sharpness");
-        let data = read_network_sharpness(&root.join("small-synthetic-fb"), &root.join("lambda-vs-images.json")).unwrap();
+        let data =
+            read_network_sharpness(&root.join("small-synthetic-fb"), &root.join("lambda-vs-images.json")).unwrap();
         let (name, log) = data.run.unwrap();
         assert_eq!(name, "small-synthetic-fb");
         assert_eq!(log.iter().map(|e| e.step).collect::<Vec<_>>(), vec![5, 10, 15, 20, 25, 30, 35, 40]);
