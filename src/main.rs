@@ -25,6 +25,52 @@ struct Cli {
     command: Command,
 }
 
+/// `fullbatch sharpness --run DIR` and its options (the network path; needs the `burn` feature).
+#[derive(clap::Args)]
+pub struct SavedRunOptions {
+    /// Measure a saved `fullbatch train` run instead of a toy model: the Hessian of its
+    /// training loss at a checkpoint (needs a build with the `burn` feature).
+    #[arg(long, value_name = "DIR")]
+    pub run: Option<PathBuf>,
+    /// With --run: the checkpoint after this step (default: the latest).
+    #[arg(long, requires = "run")]
+    pub step: Option<usize>,
+    /// With --run on CIFAR-10: the data directory (or FULLBATCH_CIFAR10).
+    #[arg(long, value_name = "DIR", requires = "run")]
+    pub data: Option<PathBuf>,
+    /// With --run: BatchNorm with each block's statistics (train) or the running ones (eval).
+    #[arg(long, value_parser = ["train", "eval"], default_value = "train", requires = "run")]
+    pub bn_mode: String,
+    /// With --run: the first this many un-augmented training images (default: all).
+    #[arg(long, requires = "run")]
+    pub max_images: Option<usize>,
+    /// With --run: budget of Hessian-vector products for the eigenvalues.
+    #[arg(long, default_value_t = 100, requires = "run")]
+    pub max_hvps: usize,
+    /// With --run: the finite-difference step relative to max(|theta|, 1).
+    #[arg(long, default_value_t = fullbatch::run_dir::config::DEFAULT_EPS_REL, requires = "run")]
+    pub eps_rel: f64,
+    /// With --run: Hutch++ trace with this many products (0: none).
+    #[arg(long, default_value_t = 0, requires = "run")]
+    pub trace: usize,
+    /// With --run: SLQ spectral density with this many probes of 40 products (0: none).
+    #[arg(long, default_value_t = 0, requires = "run")]
+    pub density: usize,
+    /// With --run: also measure the operator's own error (repeatability, symmetry,
+    /// linearity, and how a product moves with the step; 11 products).
+    #[arg(long, requires = "run")]
+    pub diagnose: bool,
+    /// With --run: also the top eigenvalues of the Hessian restricted to the parameters whose
+    /// names match this pattern (`*` any characters; names like `stem_conv.weight`,
+    /// `blocks.1.bn2.bias`, `fc.weight`). Repeatable: one measurement per pattern.
+    #[arg(long = "group", value_name = "PATTERN", requires = "run")]
+    pub groups: Vec<String>,
+    /// With --run: also one restricted measurement per layer (each convolution, BatchNorm
+    /// and the linear head).
+    #[arg(long, requires = "run")]
+    pub per_layer: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// List the toy models and check their exact derivatives against finite differences.
@@ -74,47 +120,9 @@ enum Command {
         /// `python3 scripts/check_network_export.py DIR`, which needs PyTorch).
         #[arg(long, value_name = "DIR")]
         export: Option<PathBuf>,
-        /// Measure a saved `fullbatch train` run instead of a toy model: the Hessian of its
-        /// training loss at a checkpoint (needs a build with the `burn` feature).
-        #[arg(long, value_name = "DIR")]
-        run: Option<PathBuf>,
-        /// With --run: the checkpoint after this step (default: the latest).
-        #[arg(long, requires = "run")]
-        step: Option<usize>,
-        /// With --run on CIFAR-10: the data directory (or FULLBATCH_CIFAR10).
-        #[arg(long, value_name = "DIR", requires = "run")]
-        data: Option<PathBuf>,
-        /// With --run: BatchNorm with each block's statistics (train) or the running ones (eval).
-        #[arg(long, value_parser = ["train", "eval"], default_value = "train", requires = "run")]
-        bn_mode: String,
-        /// With --run: the first this many un-augmented training images (default: all).
-        #[arg(long, requires = "run")]
-        max_images: Option<usize>,
-        /// With --run: budget of Hessian-vector products for the eigenvalues.
-        #[arg(long, default_value_t = 100, requires = "run")]
-        max_hvps: usize,
-        /// With --run: the finite-difference step relative to max(|theta|, 1).
-        #[arg(long, default_value_t = fullbatch::run_dir::config::DEFAULT_EPS_REL, requires = "run")]
-        eps_rel: f64,
-        /// With --run: Hutch++ trace with this many products (0: none).
-        #[arg(long, default_value_t = 0, requires = "run")]
-        trace: usize,
-        /// With --run: SLQ spectral density with this many probes of 40 products (0: none).
-        #[arg(long, default_value_t = 0, requires = "run")]
-        density: usize,
-        /// With --run: also measure the operator's own error (repeatability, symmetry,
-        /// linearity, and how a product moves with the step; 11 products).
-        #[arg(long, requires = "run")]
-        diagnose: bool,
-        /// With --run: also the top eigenvalues of the Hessian restricted to the parameters whose
-        /// names match this pattern (`*` any characters; names like `stem_conv.weight`,
-        /// `blocks.1.bn2.bias`, `fc.weight`). Repeatable: one measurement per pattern.
-        #[arg(long = "group", value_name = "PATTERN", requires = "run")]
-        groups: Vec<String>,
-        /// With --run: also one restricted measurement per layer (each convolution, BatchNorm
-        /// and the linear head).
-        #[arg(long, requires = "run")]
-        per_layer: bool,
+        /// A saved run to measure instead of a toy model.
+        #[command(flatten)]
+        saved: SavedRunOptions,
     },
     /// Backward-error analysis: measure the orders and coefficients of the modified flows of
     /// GD, SGD and momentum on toy models, and compare them with the theory.
@@ -498,60 +506,19 @@ fn main() -> Result<ExitCode> {
         Command::Device { .. } => without_burn("device"),
         Command::Models { models: kinds, seed, json } => models(kinds, seed, json),
         Command::Toy(args) => toy_cmd::toy(args),
-        Command::Sharpness {
-            model,
-            train_steps,
-            lr,
-            k,
-            which,
-            tol,
-            seed,
-            json,
-            export,
-            run,
-            step,
-            data,
-            bn_mode,
-            max_images,
-            max_hvps,
-            eps_rel,
-            trace,
-            density,
-            diagnose,
-            groups,
-            per_layer,
-        } => match run {
+        Command::Sharpness { model, train_steps, lr, k, which, tol, seed, json, export, saved } => match &saved.run {
             #[cfg(feature = "burn")]
-            Some(run) => network_sharpness_cmd::network_sharpness(network_sharpness_cmd::NetworkSharpnessArgs {
-                run,
-                step,
-                data,
+            Some(_) => network_sharpness_cmd::network_sharpness(network_sharpness_cmd::NetworkSharpnessArgs {
                 k: k.unwrap_or(1),
                 which,
                 tol: tol.unwrap_or(fullbatch::deep::config::DEFAULT_TOL),
-                bn_mode: if bn_mode == "eval" {
-                    fullbatch::deep::config::BatchNormMode::Eval
-                } else {
-                    fullbatch::deep::config::BatchNormMode::Train
-                },
-                max_images,
-                max_hvps,
-                eps_rel,
-                trace,
-                density,
-                diagnose,
                 seed,
                 json,
                 export,
-                groups,
-                per_layer,
+                saved,
             }),
             #[cfg(not(feature = "burn"))]
-            Some(_) => {
-                let _ =
-                    (step, data, bn_mode, max_images, max_hvps, eps_rel, trace, density, diagnose, groups, per_layer);
-                without_burn("sharpness --run")
-            }
+            Some(_) => without_burn("sharpness --run"),
             None => sharpness(SharpnessArgs {
                 model,
                 train_steps,

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+
+use crate::SavedRunOptions;
 use fullbatch::deep::config::BatchNormMode;
 use fullbatch::deep::hessian_export::{HessianSamples, export_network_hessian, parameter_names};
 use fullbatch::deep::run::saved::{load_saved_run, sharpness_images};
@@ -21,24 +23,19 @@ use serde::Serialize;
 
 /// What `fullbatch sharpness --run` measures.
 pub struct NetworkSharpnessArgs {
-    pub run: PathBuf,
-    pub step: Option<usize>,
-    pub data: Option<PathBuf>,
     pub k: usize,
     pub which: Which,
     pub tol: f64,
-    pub bn_mode: BatchNormMode,
-    pub max_images: Option<usize>,
-    pub max_hvps: usize,
-    pub eps_rel: f64,
-    pub trace: usize,
-    pub density: usize,
-    pub diagnose: bool,
     pub seed: u64,
     pub json: bool,
     pub export: Option<PathBuf>,
-    pub groups: Vec<String>,
-    pub per_layer: bool,
+    pub saved: SavedRunOptions,
+}
+
+impl NetworkSharpnessArgs {
+    fn bn_mode(&self) -> BatchNormMode {
+        if self.saved.bn_mode == "eval" { BatchNormMode::Eval } else { BatchNormMode::Train }
+    }
 }
 
 #[derive(Serialize)]
@@ -153,14 +150,14 @@ fn eigenpairs_with_intervals(
     what: &str,
     error_along: impl Fn(ArrayView1<f64>) -> Result<f64>,
 ) -> Result<Eigenpairs> {
-    let progress = bar(args.max_hvps, what, args.json)?;
+    let progress = bar(args.saved.max_hvps, what, args.json)?;
     let lp = LanczosParams {
         k: args.k.min(op.dim()),
         which: args.which,
         tol: args.tol,
         floor: args.tol,
         max_basis: 0,
-        max_applications: args.max_hvps,
+        max_applications: args.saved.max_hvps,
         seed: args.seed,
         verify_multiplicity: false,
         start: None,
@@ -181,21 +178,22 @@ fn eigenpairs_with_intervals(
 /// Runs `fullbatch sharpness --run`.
 pub fn network_sharpness(args: NetworkSharpnessArgs) -> Result<ExitCode> {
     let started = Instant::now();
+    let run = args.saved.run.clone().context("--run DIR is required")?;
     let device = Default::default();
-    let (saved, data) = load_saved_run::<CpuAutodiff>(&args.run, args.step, args.data.as_deref(), &device)?;
-    let images: Batch<CpuAutodiff> = sharpness_images(&data, args.max_images, &device)?;
+    let (saved, data) = load_saved_run::<CpuAutodiff>(&run, args.saved.step, args.saved.data.as_deref(), &device)?;
+    let images: Batch<CpuAutodiff> = sharpness_images(&data, args.saved.max_images, &device)?;
     let block_size = saved.config.block_size().min(images.len());
-    let mut params = SharpnessParams::new(args.bn_mode, block_size, args.seed);
-    (params.tol, params.max_hvps, params.eps_rel) = (args.tol, args.max_hvps, args.eps_rel);
-    let op = NetworkHessian::new(&saved.model, &images, block_size, args.bn_mode, args.eps_rel)?;
+    let mut params = SharpnessParams::new(args.bn_mode(), block_size, args.seed);
+    (params.tol, params.max_hvps, params.eps_rel) = (args.tol, args.saved.max_hvps, args.saved.eps_rel);
+    let op = NetworkHessian::new(&saved.model, &images, block_size, args.bn_mode(), args.saved.eps_rel)?;
     if !args.json {
         eprintln!(
             "{} after step {}: {} trainable parameters, {} images in blocks of {block_size}, BatchNorm {:?}, eps {:.3e}",
-            args.run.display(),
+            run.display(),
             saved.step,
             op.dim(),
             images.len(),
-            args.bn_mode,
+            args.bn_mode(),
             op.step()
         );
     }
@@ -209,16 +207,16 @@ pub fn network_sharpness(args: NetworkSharpnessArgs) -> Result<ExitCode> {
     let eigenpairs = eigenpairs?;
     let eigen_s = eigen_started.elapsed().as_secs_f64();
 
-    let trace = if args.trace > 0 {
-        let progress = bar(args.trace, "hutch++", args.json)?;
-        let t = hutch_plus_plus(&Counted { inner: &op, bar: &progress }, args.trace, args.seed)?;
+    let trace = if args.saved.trace > 0 {
+        let progress = bar(args.saved.trace, "hutch++", args.json)?;
+        let t = hutch_plus_plus(&Counted { inner: &op, bar: &progress }, args.saved.trace, args.seed)?;
         progress.finish_and_clear();
         Some(t)
     } else {
         None
     };
-    let density = if args.density > 0 {
-        let dp = DensityParams { probes: args.density, seed: args.seed, ..DensityParams::default() };
+    let density = if args.saved.density > 0 {
+        let dp = DensityParams { probes: args.saved.density, seed: args.seed, ..DensityParams::default() };
         let progress = bar(dp.probes * dp.steps, "slq", args.json)?;
         let d = spectral_density(&Counted { inner: &op, bar: &progress }, &dp)?;
         progress.finish_and_clear();
@@ -227,7 +225,7 @@ pub fn network_sharpness(args: NetworkSharpnessArgs) -> Result<ExitCode> {
         None
     };
     let mut group_reports = Vec::new();
-    let diagnostics = if args.diagnose {
+    let diagnostics = if args.saved.diagnose {
         if !args.json {
             eprintln!("diagnosing the operator (11 products)...");
         }
@@ -238,9 +236,9 @@ pub fn network_sharpness(args: NetworkSharpnessArgs) -> Result<ExitCode> {
     };
 
     let mut chosen: Vec<(String, Vec<String>)> = Vec::new();
-    if !args.groups.is_empty() || args.per_layer {
+    if !args.saved.groups.is_empty() || args.saved.per_layer {
         let names = parameter_names(&saved.model)?;
-        for pattern in &args.groups {
+        for pattern in &args.saved.groups {
             let tensors: Vec<String> =
                 names.iter().filter(|(n, _)| glob_matches(pattern, n)).map(|(n, _)| n.clone()).collect();
             anyhow::ensure!(
@@ -250,7 +248,7 @@ pub fn network_sharpness(args: NetworkSharpnessArgs) -> Result<ExitCode> {
             );
             chosen.push((pattern.clone(), tensors));
         }
-        if args.per_layer {
+        if args.saved.per_layer {
             for (name, _) in &names {
                 let layer = name.rsplit_once('.').map_or(name.as_str(), |(l, _)| l).to_string();
                 match chosen.iter_mut().find(|(g, _)| *g == layer) {
@@ -290,17 +288,17 @@ pub fn network_sharpness(args: NetworkSharpnessArgs) -> Result<ExitCode> {
     }
 
     let report = Report {
-        run: args.run.display().to_string(),
+        run: run.display().to_string(),
         step: saved.step,
         checkpoint: saved.checkpoint.display().to_string(),
-        bn_mode: args.bn_mode,
+        bn_mode: args.bn_mode(),
         images: images.len(),
         block_size,
         dim: op.dim(),
         eps: op.step(),
         which: args.which,
         tol: args.tol,
-        eps_rel: args.eps_rel,
+        eps_rel: args.saved.eps_rel,
         seed: args.seed,
         git_commit: fullbatch::provenance::git_commit(),
         eigenpairs,
@@ -405,11 +403,12 @@ fn export(
         Ok(NetworkHessian::new(model, images, block_size, mode, eps_rel)?.hvp(v.view())?)
     };
     let (train, eval) = (BatchNormMode::Train, BatchNormMode::Eval);
-    let (hv_train, hv_eval) = (product(train, args.eps_rel)?, product(eval, args.eps_rel)?);
+    let (hv_train, hv_eval) = (product(train, args.saved.eps_rel)?, product(eval, args.saved.eps_rel)?);
     // The error estimates along v that the script checks against PyTorch.
     let error = |mode| -> Result<f64> {
-        let params = SharpnessParams { eps_rel: args.eps_rel, ..SharpnessParams::new(mode, block_size, args.seed) };
-        let op = NetworkHessian::new(model, images, block_size, mode, args.eps_rel)?;
+        let params =
+            SharpnessParams { eps_rel: args.saved.eps_rel, ..SharpnessParams::new(mode, block_size, args.seed) };
+        let op = NetworkHessian::new(model, images, block_size, mode, args.saved.eps_rel)?;
         Ok(operator_error_along(&op, model, &params, v.view())?)
     };
     let errors = [error(train)?, error(eval)?];

@@ -479,16 +479,14 @@ fn sharpness_config_is_validated() {
     assert_eq!(eval.sharpness.unwrap().bn_mode, BatchNormMode::Eval);
 }
 
-/// `fullbatch train --sharpness-every 2` on a configuration without `[sharpness]` logs
-/// lambda_max at step 2 and stores the section in the run's config.toml.
-#[test]
-fn cli_sharpness_every_flag() {
-    let tmp = tempfile::tempdir().unwrap();
+/// `fullbatch train --max-steps 2 --sharpness-every 2` on the tiny configuration without its
+/// `[sharpness]` section, into `dir/run` (returned).
+fn train_with_sharpness_flag(dir: &std::path::Path) -> std::path::PathBuf {
     let tiny_sharp = tiny_sharp();
     let cut = tiny_sharp.find("[sharpness]").unwrap();
-    let cfg = tmp.path().join("tiny.toml");
+    let cfg = dir.join("tiny.toml");
     std::fs::write(&cfg, &tiny_sharp[..cut]).unwrap();
-    let out = tmp.path().join("run");
+    let out = dir.join("run");
     let status = Command::new(env!("CARGO_BIN_EXE_fullbatch"))
         .args(["train", "--backend", "cpu", "--no-progress", "--max-steps", "2", "--sharpness-every", "2"])
         .arg("--config")
@@ -498,6 +496,15 @@ fn cli_sharpness_every_flag() {
         .status()
         .unwrap();
     assert!(status.success());
+    out
+}
+
+/// `fullbatch train --sharpness-every 2` on a configuration without `[sharpness]` logs
+/// lambda_max at step 2 and stores the section in the run's config.toml.
+#[test]
+fn cli_sharpness_every_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = train_with_sharpness_flag(tmp.path());
     let log = log_without_time(&out);
     assert_eq!(log.len(), 2);
     assert!(log[0]["lambda_max"].is_null() && log[1]["lambda_max"].as_f64().is_some_and(f64::is_finite));
@@ -516,20 +523,7 @@ fn cli_sharpness_every_flag() {
 #[test]
 fn sharpness_run_measures_a_saved_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    let tiny_sharp = tiny_sharp();
-    let cut = tiny_sharp.find("[sharpness]").unwrap();
-    let cfg = tmp.path().join("tiny.toml");
-    std::fs::write(&cfg, &tiny_sharp[..cut]).unwrap();
-    let out = tmp.path().join("run");
-    let status = Command::new(env!("CARGO_BIN_EXE_fullbatch"))
-        .args(["train", "--backend", "cpu", "--no-progress", "--max-steps", "2", "--sharpness-every", "2"])
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let out = train_with_sharpness_flag(tmp.path());
     let logged = &log_without_time(&out)[1];
     let export = tmp.path().join("export");
     let run = Command::new(env!("CARGO_BIN_EXE_fullbatch"))

@@ -219,6 +219,57 @@ pub fn measure_coefficients(seed: u64) -> Result<CoefficientFigureData> {
 /// Parts per million.
 const PPM: f64 = 1e6;
 
+/// One coefficient's $c(h)/c_{\text{theory}} - 1$ (%) against $h$ in units of `step_unit`: the
+/// points (labelled), the least-squares line extended dashed to $h = 0$, and the extrapolated
+/// value's $\pm 2$ standard-error bar at $h = 0$; with the largest $h$ in those units.
+pub(crate) fn extrapolation_series(
+    label: String,
+    color: usize,
+    e: &CoefficientMeasurement,
+    theory: f64,
+    step_unit: f64,
+) -> (Vec<Series>, f64) {
+    let pct = |v: f64| (v / theory - 1.0) * 100.0;
+    let xs: Vec<f64> = e.hs.iter().map(|h| h / step_unit).collect();
+    let ys: Vec<f64> = e.per_h.iter().map(|&v| pct(v)).collect();
+    let end = xs.iter().cloned().fold(0.0, f64::max);
+    let mut series =
+        vec![Series { label, points: xs.iter().cloned().zip(ys.iter().cloned()).collect(), color, mark: Mark::Points }];
+    if let Some(fit) = linear_fit(&xs, &ys) {
+        series.push(Series {
+            label: String::new(),
+            points: vec![(0.0, fit.intercept), (end, fit.intercept + fit.slope * end)],
+            color,
+            mark: Mark::Dashed,
+        });
+    }
+    series.push(Series::error_bars(color, &[(0.0, pct(e.estimate), 200.0 * e.stderr / theory)]));
+    (series, end)
+}
+
+/// The bottom-row panel of $c(h)$ curves for `kind`, with the theory as a dashed line at 0 up
+/// to `x_max`.
+pub(crate) fn c_of_h_panel(kind: CoefficientKind, title: String, mut curves: Vec<Series>, x_max: f64) -> Panel {
+    curves.insert(
+        0,
+        Series { label: "theory".into(), points: vec![(0.0, 0.0), (x_max, 0.0)], color: 7, mark: Mark::Dashed },
+    );
+    Panel {
+        title,
+        x_label: kind.step_unit().into(),
+        y_label: "c(h) / theory − 1 (%)".into(),
+        x_scale: Scale::Linear,
+        y_scale: Scale::Linear,
+        series: curves,
+        // The curves start at the theory at h = 0 and fall (GD, SGD) or rise (momentum).
+        legend: if matches!(kind, CoefficientKind::Gd | CoefficientKind::Sgd) {
+            Legend::LowerLeft
+        } else {
+            Legend::UpperLeft
+        },
+    }
+}
+
 /// The theory as a dashed black vertical line at zero deviation across `n` categories.
 fn theory_line(n: usize, label: &str) -> Series {
     Series { label: label.into(), points: vec![(0.0, -0.5), (0.0, n as f64 - 0.5)], color: 7, mark: Mark::Dashed }
@@ -302,48 +353,12 @@ pub fn bea_coefficient_figure(data: &CoefficientFigureData) -> Figure {
         let mut curves = Vec::new();
         let mut x_max = 0.0f64;
         for c in of_kind(kind) {
-            let e = &c.measurement;
-            let pct = |v: f64| (v / c.theory - 1.0) * 100.0;
-            let xs: Vec<f64> = e.hs.iter().map(|h| h / c.step_unit).collect();
-            x_max = xs.iter().cloned().fold(x_max, f64::max);
-            let color = c.model;
-            curves.push(Series {
-                label: data.models.get(c.model).map_or_else(String::new, |s| s.to_string()),
-                points: xs.iter().cloned().zip(e.per_h.iter().map(|&v| pct(v))).collect(),
-                color,
-                mark: Mark::Points,
-            });
-            // The least-squares line in these units, from h = 0 to the largest step.
-            let ys: Vec<f64> = e.per_h.iter().map(|&v| pct(v)).collect();
-            if let Some(fit) = linear_fit(&xs, &ys) {
-                let end = xs.iter().cloned().fold(0.0, f64::max);
-                curves.push(Series {
-                    label: String::new(),
-                    points: vec![(0.0, fit.intercept), (end, fit.intercept + fit.slope * end)],
-                    color,
-                    mark: Mark::Dashed,
-                });
-            }
-            curves.push(Series::error_bars(color, &[(0.0, pct(e.estimate), 200.0 * e.stderr / c.theory)]));
+            let label = data.models.get(c.model).map_or_else(String::new, |s| s.to_string());
+            let (series, x) = extrapolation_series(label, c.model, &c.measurement, c.theory, c.step_unit);
+            curves.extend(series);
+            x_max = x_max.max(x);
         }
-        curves.insert(
-            0,
-            Series { label: "theory".into(), points: vec![(0.0, 0.0), (x_max, 0.0)], color: 7, mark: Mark::Dashed },
-        );
-        bottom.push(Panel {
-            title: format!("{}: c(h), extrapolated to h = 0", kind.name()),
-            x_label: kind.step_unit().into(),
-            y_label: "c(h) / theory − 1 (%)".into(),
-            x_scale: Scale::Linear,
-            y_scale: Scale::Linear,
-            series: curves,
-            // The curves start at the theory at h = 0 and fall (GD, SGD) or rise (momentum).
-            legend: if matches!(kind, CoefficientKind::Gd | CoefficientKind::Sgd) {
-                Legend::LowerLeft
-            } else {
-                Legend::UpperLeft
-            },
-        });
+        bottom.push(c_of_h_panel(kind, format!("{}: c(h), extrapolated to h = 0", kind.name()), curves, x_max));
     }
     let mut panels = top;
     panels.extend(bottom);

@@ -5,10 +5,9 @@
 
 use std::path::Path;
 
-use super::bea_coefficients::{CoefficientFigureData, CoefficientKind};
+use super::bea_coefficients::{CoefficientFigureData, CoefficientKind, c_of_h_panel, extrapolation_series};
 use crate::bea::{Check, CoefficientCurve, SuiteNetwork};
 use crate::plot::{Figure, Legend, Mark, Panel, Scale, Series};
-use crate::stats::linear_fit;
 use crate::{Choice, Error, Result};
 
 /// The networks the figure knows, in the order of its categories (every [`SuiteNetwork`]).
@@ -126,47 +125,11 @@ pub fn bea_network_figure(networks: &NetworkCoefficients, toy: &CoefficientFigur
         let mut x_max = toy_points.iter().map(|p| p.0).fold(0.0f64, f64::max);
         curves.push(Series { label: "toy models (7)".into(), points: toy_points, color: 7, mark: Mark::Points });
         for &(i, r, curve) in &rows {
-            let m = &curve.measurement;
-            let xs: Vec<f64> = m.hs.iter().map(|h| h / curve.step_unit).collect();
-            let ys: Vec<f64> = m.per_h.iter().map(|v| (v / r.expected - 1.0) * 100.0).collect();
-            x_max = xs.iter().cloned().fold(x_max, f64::max);
-            curves.push(Series {
-                label: r.model.clone(),
-                points: xs.iter().cloned().zip(ys.iter().cloned()).collect(),
-                color: i,
-                mark: Mark::Points,
-            });
-            if let Some(fit) = linear_fit(&xs, &ys) {
-                let end = xs.iter().cloned().fold(0.0, f64::max);
-                curves.push(Series {
-                    label: String::new(),
-                    points: vec![(0.0, fit.intercept), (end, fit.intercept + fit.slope * end)],
-                    color: i,
-                    mark: Mark::Dashed,
-                });
-            }
-            curves.push(Series::error_bars(
-                i,
-                &[(0.0, (r.measured / r.expected - 1.0) * 100.0, 200.0 * r.stderr / r.expected)],
-            ));
+            let (series, x) = extrapolation_series(r.model.clone(), i, &curve.measurement, r.expected, curve.step_unit);
+            curves.extend(series);
+            x_max = x_max.max(x);
         }
-        curves.insert(
-            0,
-            Series { label: "theory".into(), points: vec![(0.0, 0.0), (x_max, 0.0)], color: 7, mark: Mark::Dashed },
-        );
-        bottom.push(Panel {
-            title: format!("{}: c(h) on networks and toy models", kind.name()),
-            x_label: kind.step_unit().into(),
-            y_label: "c(h) / theory − 1 (%)".into(),
-            x_scale: Scale::Linear,
-            y_scale: Scale::Linear,
-            series: curves,
-            legend: if matches!(kind, CoefficientKind::Gd | CoefficientKind::Sgd) {
-                Legend::LowerLeft
-            } else {
-                Legend::UpperLeft
-            },
-        });
+        bottom.push(c_of_h_panel(kind, format!("{}: c(h) on networks and toy models", kind.name()), curves, x_max));
     }
     let mut panels = top;
     panels.extend(bottom);
