@@ -230,7 +230,7 @@ pub fn network_sharpness(args: NetworkSharpnessArgs) -> Result<ExitCode> {
             eprintln!("diagnosing the operator (11 products)...");
         }
         let top = eigenpairs.vectors.ncols().gt(&0).then(|| eigenpairs.vectors.column(0));
-        Some(operator_diagnostics(&saved.model, &images, &params, top, &[1e-5, 3e-5, 1e-4, 3e-4, 3e-3, 1e-2])?)
+        Some(operator_diagnostics(&saved.model, &images, &params, top, &[1e-5, 3e-5, 3e-4, 1e-3, 3e-3, 1e-2])?)
     } else {
         None
     };
