@@ -1,6 +1,7 @@
 # fullbatch: the two entry points of the README, plus what they need.
 #   make figures   draw every figure into figures/ (the main job)
 #   make test      run every test (the burn tests in release, with the `burn` feature)
+#   make bench     the side-by-side benches against JAX (installs JAX from PyPI when missing)
 #   make test-tch  the LibTorch backend's tests (installs torch 2.11 from PyPI into .deps/ first)
 #   make gpu-bundle  build the CUDA and LibTorch binaries and pack them for a GPU machine
 #   make reproduce DATA=DIR [DEVICES=0,1] [BACKEND=tch|cuda|cpu] [RUNS=runs] [ARGS=...]
@@ -11,8 +12,10 @@ SHELL := /bin/bash
 DEB_PACKAGES := libopenblas-dev dataset-fashion-mnist
 TEST_DEB_PACKAGES := python3-torch
 CARGO ?= cargo
+PYTHON ?= python3
+JAX_VERSION := 0.10.2
 
-.PHONY: figures test test-tch gpu-bundle reproduce deps test-deps bench check-models print-burn-tests
+.PHONY: figures test test-tch gpu-bundle reproduce deps test-deps bench bench-deps check-models print-burn-tests
 
 # Installs the Debian packages of $(1) that are missing (as root; otherwise says how).
 define install_missing
@@ -56,8 +59,15 @@ test: deps test-deps
 check-models: deps
 	$(CARGO) run --release --bin fullbatch -- models
 
-bench: deps
-	bash benches/side_by_side.sh
+# The side-by-side benches compare with JAX (jit, f64, CPU) and scipy's eigsh: installed from PyPI
+# into $(PYTHON)'s environment when missing (the version the recorded results used).
+bench-deps:
+	@$(PYTHON) -c 'import jax, scipy' 2>/dev/null || { \
+	  echo "installing jax[cpu]==$(JAX_VERSION) and scipy from PyPI into $$($(PYTHON) -c 'import sys; print(sys.prefix)')"; \
+	  $(PYTHON) -m pip install --quiet "jax[cpu]==$(JAX_VERSION)" scipy; }
+
+bench: deps bench-deps
+	PYTHON=$(PYTHON) bash benches/side_by_side.sh
 
 # burn's LibTorch backend: libtorch 2.11 from the torch wheel (scripts/libtorch.sh), own target dir.
 test-tch: deps
